@@ -1,0 +1,97 @@
+#include "model/deform_attn.h"
+
+#include <ATen/ATen.h>
+
+namespace lpdetr {
+
+at::Tensor MsDeformAttnComposed(const at::Tensor& value, const SpatialShapes& shapes,
+                                const at::Tensor& sampling_locations,
+                                const at::Tensor& attention_weights) {
+  const int64_t batch = value.size(0), heads = value.size(2), dim = value.size(3);
+  const int64_t num_query = sampling_locations.size(1);
+  const int64_t levels = sampling_locations.size(3), points = sampling_locations.size(4);
+  TORCH_CHECK(static_cast<int64_t>(shapes.size()) == levels, "expected ", levels,
+              " spatial shapes, got ", shapes.size());
+  at::Tensor grids = sampling_locations * 2 - 1;
+  std::vector<at::Tensor> sampled;
+  sampled.reserve(levels);
+  int64_t start = 0;
+  for (int64_t l = 0; l < levels; ++l) {
+    const int64_t h = shapes[l][0], w = shapes[l][1];
+    // [B, hw, H, D] -> [B*H, D, h, w]
+    at::Tensor value_l = value.narrow(1, start, h * w)
+                             .flatten(2)
+                             .transpose(1, 2)
+                             .reshape({batch * heads, dim, h, w});
+    // [B, Nq, H, P, 2] -> [B*H, Nq, P, 2]
+    at::Tensor grid_l = grids.select(3, l).transpose(1, 2).flatten(0, 1);
+    sampled.push_back(at::grid_sampler(value_l, grid_l, /*bilinear*/ 0, /*zeros*/ 0,
+                                       /*align_corners=*/false));
+    start += h * w;
+  }
+  at::Tensor weights = attention_weights.transpose(1, 2).reshape(
+      {batch * heads, 1, num_query, levels * points});
+  at::Tensor out = (at::stack(sampled, -2).flatten(-2) * weights).sum(-1);
+  return out.view({batch, heads * dim, num_query}).transpose(1, 2).contiguous();
+}
+
+MultiScaleDeformableAttentionImpl::MultiScaleDeformableAttentionImpl(int64_t embed_dim,
+                                                                     int64_t num_levels,
+                                                                     int64_t num_heads,
+                                                                     int64_t num_points)
+    : embed_dim_(embed_dim),
+      num_levels_(num_levels),
+      num_heads_(num_heads),
+      num_points_(num_points) {
+  TORCH_CHECK(embed_dim % num_heads == 0, "embed_dim ", embed_dim,
+              " is not divisible by num_heads ", num_heads);
+  sampling_offsets = register_module(
+      "sampling_offsets", torch::nn::Linear(embed_dim, num_heads * num_levels * num_points * 2));
+  attention_weights = register_module(
+      "attention_weights", torch::nn::Linear(embed_dim, num_heads * num_levels * num_points));
+  value_proj = register_module("value_proj", torch::nn::Linear(embed_dim, embed_dim));
+  output_proj = register_module("output_proj", torch::nn::Linear(embed_dim, embed_dim));
+}
+
+at::Tensor MultiScaleDeformableAttentionImpl::forward(const at::Tensor& query,
+                                                      const at::Tensor& reference_points,
+                                                      const at::Tensor& value,
+                                                      const SpatialShapes& shapes,
+                                                      const at::Tensor& key_padding_mask) {
+  const int64_t batch = query.size(0), num_query = query.size(1), num_value = value.size(1);
+  int64_t total = 0;
+  for (const auto& s : shapes) total += s[0] * s[1];
+  TORCH_CHECK(total == num_value, "spatial shapes cover ", total, " positions but value has ",
+              num_value);
+  at::Tensor v = value_proj(value);
+  if (key_padding_mask.defined()) v = v.masked_fill(key_padding_mask.unsqueeze(-1), 0.0);
+  v = v.view({batch, num_value, num_heads_, embed_dim_ / num_heads_});
+
+  at::Tensor offsets = sampling_offsets(query).view(
+      {batch, num_query, num_heads_, num_levels_, num_points_, 2});
+  at::Tensor weights = attention_weights(query)
+                           .view({batch, num_query, num_heads_, num_levels_ * num_points_})
+                           .softmax(-1)
+                           .view({batch, num_query, num_heads_, num_levels_, num_points_});
+  at::Tensor locations;
+  using at::indexing::None;
+  using at::indexing::Slice;
+  if (reference_points.size(-1) == 2) {
+    std::vector<float> norm;
+    for (const auto& s : shapes) norm.insert(norm.end(), {static_cast<float>(s[1]),
+                                                          static_cast<float>(s[0])});
+    at::Tensor normalizer =
+        at::tensor(norm, query.options()).view({1, 1, 1, num_levels_, 1, 2});
+    locations = reference_points.index({Slice(), Slice(), None, Slice(), None, Slice()}) +
+                offsets / normalizer;
+  } else {
+    TORCH_CHECK(reference_points.size(-1) == 4,
+                "last dim of reference_points must be 2 or 4, got ", reference_points.size(-1));
+    at::Tensor ref = reference_points.index({Slice(), Slice(), None, Slice(), None});
+    locations = ref.narrow(-1, 0, 2) + offsets / static_cast<double>(num_points_) *
+                                           ref.narrow(-1, 2, 2) * 0.5;
+  }
+  return output_proj(MsDeformAttnComposed(v, shapes, locations, weights));
+}
+
+}  // namespace lpdetr

@@ -1,0 +1,246 @@
+#include "model/layers.h"
+
+#include <cmath>
+#include <stdexcept>
+
+#include <ATen/ATen.h>
+#include <torch/nn/functional/activation.h>
+#include <torch/nn/functional/pooling.h>
+
+namespace lpdetr {
+
+namespace F = torch::nn::functional;
+
+// ---------------------------------------------------------------------------
+FrozenBatchNorm2dImpl::FrozenBatchNorm2dImpl(int64_t channels, double eps_) : eps(eps_) {
+  weight = register_buffer("weight", at::ones({channels}));
+  bias = register_buffer("bias", at::zeros({channels}));
+  running_mean = register_buffer("running_mean", at::zeros({channels}));
+  running_var = register_buffer("running_var", at::ones({channels}));
+}
+
+std::pair<at::Tensor, at::Tensor> FrozenBatchNorm2dImpl::ScaleShift() const {
+  at::Tensor scale = weight * (running_var + eps).rsqrt();
+  at::Tensor shift = bias - running_mean * scale;
+  return {scale, shift};
+}
+
+at::Tensor FrozenBatchNorm2dImpl::forward(const at::Tensor& x) {
+  auto [scale, shift] = ScaleShift();
+  return x * scale.view({1, -1, 1, 1}) + shift.view({1, -1, 1, 1});
+}
+
+// ---------------------------------------------------------------------------
+namespace {
+
+torch::nn::Conv2d Conv(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t pad,
+                       bool bias = false) {
+  return torch::nn::Conv2d(
+      torch::nn::Conv2dOptions(in, out, k).stride(stride).padding(pad).bias(bias));
+}
+
+}  // namespace
+
+ResidualBlockImpl::ResidualBlockImpl(bool bottleneck, int64_t inplanes, int64_t planes,
+                                     int64_t stride)
+    : bottleneck_(bottleneck) {
+  const int64_t expansion = bottleneck ? 4 : 1;
+  if (bottleneck) {
+    conv1 = register_module("conv1", Conv(inplanes, planes, 1, 1, 0));
+    bn1 = register_module("bn1", FrozenBatchNorm2d(planes));
+    conv2 = register_module("conv2", Conv(planes, planes, 3, stride, 1));
+    bn2 = register_module("bn2", FrozenBatchNorm2d(planes));
+    conv3 = register_module("conv3", Conv(planes, planes * expansion, 1, 1, 0));
+    bn3 = register_module("bn3", FrozenBatchNorm2d(planes * expansion));
+  } else {
+    conv1 = register_module("conv1", Conv(inplanes, planes, 3, stride, 1));
+    bn1 = register_module("bn1", FrozenBatchNorm2d(planes));
+    conv2 = register_module("conv2", Conv(planes, planes, 3, 1, 1));
+    bn2 = register_module("bn2", FrozenBatchNorm2d(planes));
+  }
+  if (stride != 1 || inplanes != planes * expansion) {
+    downsample = register_module(
+        "downsample", torch::nn::Sequential(Conv(inplanes, planes * expansion, 1, stride, 0),
+                                            FrozenBatchNorm2d(planes * expansion)));
+  }
+}
+
+at::Tensor ResidualBlockImpl::forward(const at::Tensor& x) {
+  at::Tensor out = bn1(conv1(x)).relu_();
+  out = bn2(conv2(out));
+  if (bottleneck_) out = bn3(conv3(out.relu_()));
+  out += downsample ? downsample->forward(x) : x;
+  return out.relu_();
+}
+
+// ---------------------------------------------------------------------------
+ResNetImpl::ResNetImpl(const std::string& arch, std::vector<int> return_indices)
+    : return_indices_(std::move(return_indices)) {
+  std::array<int, 4> blocks;
+  bool bottleneck;
+  if (arch == "resnet18") {
+    blocks = {2, 2, 2, 2}, bottleneck = false;
+  } else if (arch == "resnet34") {
+    blocks = {3, 4, 6, 3}, bottleneck = false;
+  } else if (arch == "resnet50") {
+    blocks = {3, 4, 6, 3}, bottleneck = true;
+  } else if (arch == "resnet101") {
+    blocks = {3, 4, 23, 3}, bottleneck = true;
+  } else {
+    throw std::invalid_argument("unknown backbone '" + arch +
+                                "' (expected resnet18, resnet34, resnet50 or resnet101)");
+  }
+  expansion_ = bottleneck ? 4 : 1;
+  conv1 = register_module("conv1", Conv(3, 64, 7, 2, 3));
+  bn1 = register_module("bn1", FrozenBatchNorm2d(64));
+  int64_t inplanes = 64;
+  for (int s = 0; s < 4; ++s) {
+    const int64_t planes = 64LL << s;
+    torch::nn::Sequential stage;
+    for (int b = 0; b < blocks[s]; ++b) {
+      const int64_t stride = (b == 0 && s > 0) ? 2 : 1;
+      stage->push_back(ResidualBlock(bottleneck, inplanes, planes, stride));
+      inplanes = planes * expansion_;
+    }
+    stages_[s] = register_module("layer" + std::to_string(s + 1), stage);
+  }
+}
+
+std::vector<int64_t> ResNetImpl::OutChannels() const {
+  std::vector<int64_t> channels;
+  for (int idx : return_indices_) channels.push_back(64 * expansion_ << idx);
+  return channels;
+}
+
+std::vector<at::Tensor> ResNetImpl::forward(const at::Tensor& images) {
+  at::Tensor x = bn1(conv1(images)).relu_();
+  x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
+  std::vector<at::Tensor> outs;
+  const int last = return_indices_.back();
+  size_t next = 0;
+  for (int s = 0; s <= last; ++s) {
+    x = stages_[s]->forward(x);
+    if (next < return_indices_.size() && return_indices_[next] == s) {
+      outs.push_back(x);
+      ++next;
+    }
+  }
+  return outs;
+}
+
+// ---------------------------------------------------------------------------
+ChannelMapperImpl::ChannelMapperImpl(const std::vector<int64_t>& in_channels,
+                                     int64_t out_channels, int64_t num_outs)
+    : num_inputs_(static_cast<int64_t>(in_channels.size())) {
+  convs = register_module("convs", torch::nn::ModuleList());
+  for (int64_t c : in_channels) {
+    convs->push_back(torch::nn::Sequential(
+        Conv(c, out_channels, 1, 1, 0),
+        torch::nn::GroupNorm(torch::nn::GroupNormOptions(32, out_channels))));
+  }
+  int64_t in = in_channels.back();
+  for (int64_t i = num_inputs_; i < num_outs; ++i) {
+    convs->push_back(torch::nn::Sequential(
+        Conv(in, out_channels, 3, 2, 1),
+        torch::nn::GroupNorm(torch::nn::GroupNormOptions(32, out_channels))));
+    in = out_channels;
+  }
+}
+
+std::vector<at::Tensor> ChannelMapperImpl::forward(const std::vector<at::Tensor>& inputs) {
+  TORCH_CHECK(static_cast<int64_t>(inputs.size()) == num_inputs_, "ChannelMapper expects ",
+              num_inputs_, " inputs, got ", inputs.size());
+  std::vector<at::Tensor> outs;
+  for (size_t i = 0; i < convs->size(); ++i) {
+    auto conv = convs->ptr<torch::nn::SequentialImpl>(i);
+    if (static_cast<int64_t>(i) < num_inputs_) {
+      outs.push_back(conv->forward(inputs[i]));
+    } else if (static_cast<int64_t>(i) == num_inputs_) {
+      outs.push_back(conv->forward(inputs.back()));
+    } else {
+      outs.push_back(conv->forward(outs.back()));
+    }
+  }
+  return outs;
+}
+
+// ---------------------------------------------------------------------------
+MLPImpl::MLPImpl(int64_t input_dim, int64_t hidden_dim, int64_t output_dim,
+                 int64_t num_layers) {
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < num_layers; ++i) {
+    const int64_t in = i == 0 ? input_dim : hidden_dim;
+    const int64_t out = i == num_layers - 1 ? output_dim : hidden_dim;
+    torch::nn::Linear linear(in, out);
+    layers->push_back(linear);
+    linears_.push_back(linear);
+  }
+}
+
+torch::nn::Linear MLPImpl::Layer(size_t i) const { return linears_.at(i); }
+
+at::Tensor MLPImpl::forward(at::Tensor x) {
+  for (size_t i = 0; i < linears_.size(); ++i) {
+    x = linears_[i]->forward(x);
+    if (i + 1 < linears_.size()) x = x.relu_();
+  }
+  return x;
+}
+
+// ---------------------------------------------------------------------------
+namespace {
+
+// temperature^(2k / num_pos_feats), k = 0 .. num_pos_feats/2 - 1.
+at::Tensor DimT(int64_t num_pos_feats, double temperature, const at::TensorOptions& opts) {
+  at::Tensor k = at::arange(num_pos_feats / 2, opts.dtype(at::kFloat));
+  return at::pow(temperature, k * 2.0 / static_cast<double>(num_pos_feats)).to(opts.dtype());
+}
+
+// x [...] / dim_t -> [..., 2*len(dim_t)] with (sin, cos) interleaved.
+at::Tensor SinCosInterleaved(const at::Tensor& x) {
+  return at::stack({x.sin(), x.cos()}, -1).flatten(-2);
+}
+
+}  // namespace
+
+at::Tensor SinePositionEmbedding(const at::Tensor& mask, int64_t num_pos_feats,
+                                 double temperature, double offset, double scale,
+                                 double eps) {
+  at::Tensor not_mask = mask.logical_not().to(at::kInt);
+  at::Tensor y_embed = not_mask.cumsum(1, at::kInt);
+  at::Tensor x_embed = not_mask.cumsum(2, at::kInt);
+  at::Tensor y = (y_embed + offset) / (y_embed.narrow(1, y_embed.size(1) - 1, 1) + eps) * scale;
+  at::Tensor x = (x_embed + offset) / (x_embed.narrow(2, x_embed.size(2) - 1, 1) + eps) * scale;
+  at::Tensor dim_t = DimT(num_pos_feats, temperature, mask.options().dtype(at::kFloat));
+  at::Tensor pos_x = SinCosInterleaved(x.unsqueeze(-1) / dim_t);
+  at::Tensor pos_y = SinCosInterleaved(y.unsqueeze(-1) / dim_t);
+  return at::cat({pos_y, pos_x}, 3).permute({0, 3, 1, 2});
+}
+
+at::Tensor SineEmbed(const at::Tensor& pos, int64_t num_pos_feats, double temperature,
+                     double scale, bool exchange_xy) {
+  at::Tensor dim_t = DimT(num_pos_feats, temperature, pos.options());
+  at::Tensor res = SinCosInterleaved(pos.unsqueeze(-1) * scale / dim_t);  // [..., n, F]
+  if (exchange_xy && res.size(-2) >= 2) {
+    std::vector<at::Tensor> parts = res.unbind(-2);
+    std::swap(parts[0], parts[1]);
+    res = at::stack(parts, -2);
+  }
+  return res.flatten(-2);
+}
+
+at::Tensor InverseSigmoid(const at::Tensor& x, double eps) {
+  at::Tensor c = x.clamp(0, 1);
+  return at::log(c.clamp_min(eps) / (1 - c).clamp_min(eps));
+}
+
+at::Tensor BoxCxcywhToXyxy(const at::Tensor& boxes) {
+  auto parts = boxes.unbind(-1);
+  const at::Tensor& cx = parts[0];
+  const at::Tensor& cy = parts[1];
+  const at::Tensor& w = parts[2];
+  const at::Tensor& h = parts[3];
+  return at::stack({cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h}, -1);
+}
+
+}  // namespace lpdetr

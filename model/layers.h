@@ -1,0 +1,115 @@
+// Building blocks shared by the detector: frozen batch norm, the ResNet
+// backbone, the ChannelMapper neck, the MLP head and sine embeddings.
+// Submodules carry the official Relation-DETR parameter names so that a
+// converted checkpoint loads by name.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+
+namespace lpdetr {
+
+// BatchNorm2d with fixed statistics and affine parameters (all buffers, as in
+// the official FrozenBatchNorm2d): y = (x - mean) / sqrt(var + eps) * w + b.
+class FrozenBatchNorm2dImpl : public torch::nn::Module {
+ public:
+  explicit FrozenBatchNorm2dImpl(int64_t channels, double eps = 1e-5);
+  at::Tensor forward(const at::Tensor& x);
+  // Per-channel scale and shift equivalent to this layer.
+  std::pair<at::Tensor, at::Tensor> ScaleShift() const;
+
+  at::Tensor weight, bias, running_mean, running_var;
+  double eps;
+};
+TORCH_MODULE(FrozenBatchNorm2d);
+
+// torchvision BasicBlock (expansion 1) / Bottleneck (expansion 4, stride on
+// the 3x3 conv, "ResNet v1.5").
+class ResidualBlockImpl : public torch::nn::Module {
+ public:
+  ResidualBlockImpl(bool bottleneck, int64_t inplanes, int64_t planes, int64_t stride);
+  at::Tensor forward(const at::Tensor& x);
+
+ private:
+  bool bottleneck_;
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
+  FrozenBatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
+  torch::nn::Sequential downsample{nullptr};
+};
+TORCH_MODULE(ResidualBlock);
+
+// ResNet-18/34/50/101 trunk without the classifier. Forward returns the
+// outputs of the stages listed in `return_indices` (0 = layer1 .. 3 = layer4).
+class ResNetImpl : public torch::nn::Module {
+ public:
+  ResNetImpl(const std::string& arch, std::vector<int> return_indices);
+  std::vector<at::Tensor> forward(const at::Tensor& images);
+  std::vector<int64_t> OutChannels() const;
+
+ private:
+  std::vector<int> return_indices_;
+  int64_t expansion_ = 1;
+  torch::nn::Conv2d conv1{nullptr};
+  FrozenBatchNorm2d bn1{nullptr};
+  std::array<torch::nn::Sequential, 4> stages_;
+};
+TORCH_MODULE(ResNet);
+
+// Neck: a 1x1 conv + GroupNorm(32) per backbone level, plus extra levels made
+// by 3x3 stride-2 conv + GroupNorm, the first on the last backbone output.
+class ChannelMapperImpl : public torch::nn::Module {
+ public:
+  ChannelMapperImpl(const std::vector<int64_t>& in_channels, int64_t out_channels,
+                    int64_t num_outs);
+  std::vector<at::Tensor> forward(const std::vector<at::Tensor>& inputs);
+
+ private:
+  int64_t num_inputs_;
+  torch::nn::ModuleList convs{nullptr};
+};
+TORCH_MODULE(ChannelMapper);
+
+// Multi-layer perceptron with ReLU between layers (official `MLP`).
+class MLPImpl : public torch::nn::Module {
+ public:
+  MLPImpl(int64_t input_dim, int64_t hidden_dim, int64_t output_dim, int64_t num_layers);
+  at::Tensor forward(at::Tensor x);
+  torch::nn::Linear Layer(size_t i) const;
+  size_t NumLayers() const { return linears_.size(); }
+
+ private:
+  torch::nn::ModuleList layers{nullptr};
+  std::vector<torch::nn::Linear> linears_;
+};
+TORCH_MODULE(MLP);
+
+// DETR sine position embedding of a padding mask [B,H,W] (true = padding):
+// normalized cumulative positions with `offset`, returns [B, 2*num_pos_feats, H, W]
+// (y features first, then x; sin/cos interleaved per frequency).
+at::Tensor SinePositionEmbedding(const at::Tensor& mask, int64_t num_pos_feats,
+                                 double temperature = 10000.0, double offset = -0.5,
+                                 double scale = 6.283185307179586, double eps = 1e-6);
+
+// Sine embedding of every scalar of `pos` [..., n]: each value x gives
+// num_pos_feats values sin/cos(x * scale / t^(2k/num_pos_feats)) interleaved.
+// With exchange_xy the first two coordinates swap places (official
+// get_sine_pos_embed). Returns [..., n * num_pos_feats].
+at::Tensor SineEmbed(const at::Tensor& pos, int64_t num_pos_feats, double temperature,
+                     double scale, bool exchange_xy);
+
+// log(x / (1 - x)) with x clamped to [eps, 1 - eps] (official eps 1e-3).
+at::Tensor InverseSigmoid(const at::Tensor& x, double eps = 1e-3);
+
+// cxcywh -> xyxy on the last dim.
+at::Tensor BoxCxcywhToXyxy(const at::Tensor& boxes);
+
+}  // namespace lpdetr

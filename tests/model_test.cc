@@ -1,0 +1,276 @@
+// Detector-level tests on small random models: parameter names, shapes,
+// padding invariance, training paths, gradients, post-processing, model
+// directories and preprocessing.
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "model/detector.h"
+#include "model/model_dir.h"
+#include "model/preprocess.h"
+
+namespace lpdetr {
+namespace {
+
+namespace fs = std::filesystem;
+
+ModelConfig TinyConfig(const std::string& variant, int heads = 4) {
+  return ModelConfig::FromJson({{"backbone", "resnet18"},
+                                {"embed_dim", 64},
+                                {"num_heads", 4},
+                                {"dim_feedforward", 128},
+                                {"enc_layers", 1},
+                                {"dec_layers", 3},
+                                {"num_queries", 20},
+                                {"hybrid_num_proposals", 12},
+                                {"denoising_nums", 10},
+                                {"num_classes", 5},
+                                {"num_select", 15},
+                                {"relation", {{"variant", variant}, {"heads", heads}}}});
+}
+
+std::map<std::string, std::vector<int64_t>> Shapes(const torch::nn::Module& m) {
+  std::map<std::string, std::vector<int64_t>> out;
+  for (const auto& [name, t] : StateDict(m)) out[name] = t.sizes().vec();
+  return out;
+}
+
+// Random weights with non-trivial heads (the official init zeroes box heads).
+LpDetr RandomModel(const ModelConfig& c, uint64_t seed) {
+  at::manual_seed(seed);
+  LpDetr model(c);
+  at::NoGradGuard g;
+  for (auto& p : model->parameters()) {
+    if (p.dim() >= 2) p.normal_(0, 0.5 / std::sqrt(static_cast<double>(p.size(1))));
+  }
+  model->eval();
+  return model;
+}
+
+TEST(DetectorTest, OfficialParameterNames) {
+  LpDetr lp(TinyConfig("lp-detr", 3));
+  auto s = Shapes(*lp);
+  EXPECT_EQ(s.at("backbone.conv1.weight"), (std::vector<int64_t>{64, 3, 7, 7}));
+  EXPECT_EQ(s.at("backbone.bn1.running_var"), (std::vector<int64_t>{64}));
+  EXPECT_EQ(s.at("backbone.layer2.0.downsample.0.weight"), (std::vector<int64_t>{128, 64, 1, 1}));
+  EXPECT_EQ(s.at("neck.convs.3.0.weight"), (std::vector<int64_t>{64, 512, 3, 3}));
+  EXPECT_EQ(s.at("neck.convs.0.1.weight"), (std::vector<int64_t>{64}));
+  EXPECT_EQ(s.at("transformer.encoder.memory_fusion.0.weight"), (std::vector<int64_t>{64, 128}));
+  EXPECT_EQ(s.at("transformer.decoder.layers.2.self_attn.in_proj_weight"),
+            (std::vector<int64_t>{192, 64}));
+  EXPECT_EQ(s.at("transformer.decoder.multi_scale_relation.pos_proj.0.weight"),
+            (std::vector<int64_t>{3, 80, 1, 1}));
+  EXPECT_EQ(s.at("transformer.decoder.multi_scale_relation.pos_proj.0.bias"),
+            (std::vector<int64_t>{3}));
+  EXPECT_EQ(s.at("transformer.decoder.multi_scale_relation.scale_weights"),
+            (std::vector<int64_t>{3, 3}));
+  EXPECT_EQ(s.at("denoising_generator.label_encoder.weight"), (std::vector<int64_t>{5, 64}));
+  EXPECT_EQ(s.at("transformer.hybrid_tgt_embed.weight"), (std::vector<int64_t>{12, 64}));
+  EXPECT_EQ(s.count("transformer.decoder.position_relation_embedding.pos_proj.0.weight"), 0u);
+
+  LpDetr rel(TinyConfig("relation-detr", 4));
+  auto r = Shapes(*rel);
+  EXPECT_EQ(r.at("transformer.decoder.position_relation_embedding.pos_proj.0.weight"),
+            (std::vector<int64_t>{4, 64, 1, 1}));
+  // Every other name and shape is shared, so a Relation-DETR checkpoint
+  // initialises an LP-DETR model except the relation parameters.
+  for (const auto& [name, shape] : s) {
+    if (name.find("multi_scale_relation") != std::string::npos) continue;
+    ASSERT_TRUE(r.count(name)) << name;
+    EXPECT_EQ(r.at(name), shape) << name;
+  }
+  ModelConfig r50 = ModelConfig::FromJson({{"backbone", "resnet50"}, {"embed_dim", 64}});
+  auto b = Shapes(*LpDetr(r50));
+  EXPECT_EQ(b.at("backbone.layer1.0.conv3.weight"), (std::vector<int64_t>{256, 64, 1, 1}));
+  EXPECT_EQ(b.at("backbone.layer4.2.bn3.weight"), (std::vector<int64_t>{2048}));
+  EXPECT_EQ(b.at("neck.convs.2.0.weight"), (std::vector<int64_t>{64, 2048, 1, 1}));
+}
+
+TEST(DetectorTest, InferenceShapes) {
+  ModelConfig c = TinyConfig("lp-detr");
+  LpDetr model = RandomModel(c, 1);
+  at::InferenceMode guard;
+  ImageBatch batch = BatchImages({at::randn({3, 96, 128}), at::randn({3, 64, 70})});
+  DetectorOutput out = model(batch);
+  EXPECT_EQ(out.pred_logits.sizes(), (at::IntArrayRef{2, 20, 5}));
+  EXPECT_EQ(out.pred_boxes.sizes(), (at::IntArrayRef{2, 20, 4}));
+  EXPECT_EQ(out.layer_logits.sizes(), (at::IntArrayRef{3, 2, 20, 5}));
+  EXPECT_EQ(out.enc_boxes.sizes(), (at::IntArrayRef{2, 20, 4}));
+  EXPECT_TRUE(out.pred_boxes.isfinite().all().item<bool>());
+  EXPECT_FALSE(out.hybrid_layer_logits.defined()) << "no hybrid branch in eval";
+  EXPECT_FALSE(out.dn_layer_logits.defined());
+}
+
+// An image alone and the same image batched next to a larger one give the
+// same detections: batching must never change a user's results.
+void ExpectPaddingInvariant(const std::string& variant) {
+  ModelConfig c = TinyConfig(variant);
+  LpDetr model = RandomModel(c, 7);
+  at::InferenceMode guard;
+  at::manual_seed(11);
+  at::Tensor small = at::randn({3, 70, 90}), large = at::randn({3, 130, 200});
+  at::Tensor sizes_small = at::tensor({int64_t{70}, int64_t{90}}).view({1, 2});
+  DetectorOutput alone = model(BatchImages({small}));
+  DetectorOutput both = model(BatchImages({large, small}));
+  const double box_err = (alone.pred_boxes[0] - both.pred_boxes[1]).abs().max().item<double>();
+  const double logit_err =
+      (alone.pred_logits[0] - both.pred_logits[1]).abs().max().item<double>();
+  EXPECT_LT(box_err, 1e-4);
+  EXPECT_LT(logit_err, 1e-4);
+  auto d_alone = LpDetrImpl::PostProcess(alone.pred_logits, alone.pred_boxes, sizes_small, 15)[0];
+  auto d_both = LpDetrImpl::PostProcess(both.pred_logits.narrow(0, 1, 1),
+                                        both.pred_boxes.narrow(0, 1, 1), sizes_small, 15)[0];
+  EXPECT_TRUE(at::allclose(d_alone.scores, d_both.scores, 0, 1e-4));
+  EXPECT_TRUE(at::equal(d_alone.labels, d_both.labels));
+  EXPECT_LT((d_alone.boxes - d_both.boxes).abs().max().item<double>(), 1e-4 * 200);
+}
+
+TEST(DetectorTest, PaddingInvarianceLpDetr) { ExpectPaddingInvariant("lp-detr"); }
+TEST(DetectorTest, PaddingInvarianceRelationDetr) { ExpectPaddingInvariant("relation-detr"); }
+
+std::vector<TrainTarget> Targets() {
+  return {{at::tensor({int64_t{1}, int64_t{3}}),
+           at::tensor({0.3f, 0.4f, 0.2f, 0.3f, 0.6f, 0.6f, 0.3f, 0.2f}).view({2, 4})},
+          {at::tensor({int64_t{0}}), at::tensor({0.5f, 0.5f, 0.4f, 0.4f}).view({1, 4})}};
+}
+
+TEST(DetectorTest, TrainingForwardHasDenoisingAndHybridOutputs) {
+  ModelConfig c = TinyConfig("lp-detr");
+  LpDetr model = RandomModel(c, 2);
+  model->train();
+  ImageBatch batch = BatchImages({at::randn({3, 96, 96}), at::randn({3, 64, 96})});
+  auto targets = Targets();
+  DetectorOutput out = model(batch, &targets);
+  // max 2 GT per image -> groups = 10 * 2 / 4 = 5, group size 2 * 2.
+  EXPECT_EQ(out.dn_groups, 5);
+  EXPECT_EQ(out.dn_group_size, 4);
+  EXPECT_EQ(out.dn_layer_logits.sizes(), (at::IntArrayRef{3, 2, 20, 5}));
+  EXPECT_EQ(out.pred_logits.sizes(), (at::IntArrayRef{2, 20, 5}));
+  EXPECT_EQ(out.hybrid_layer_boxes.sizes(), (at::IntArrayRef{3, 2, 12, 4}));
+  EXPECT_EQ(out.hybrid_enc_logits.sizes(), (at::IntArrayRef{2, 12, 5}));
+
+  // Gradients of the detection outputs reach W_G, b_G and Lambda.
+  at::Tensor loss = out.pred_logits.sigmoid().sum() + out.layer_boxes.sum() +
+                    out.dn_layer_logits.sigmoid().sum();
+  loss.backward();
+  auto rel = model->transformer->decoder->multi_scale_relation;
+  for (const auto& p : rel->named_parameters()) {
+    ASSERT_TRUE(p.value().grad().defined()) << p.key();
+    EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << p.key();
+  }
+  EXPECT_TRUE(model->denoising_generator->label_encoder->weight.grad().defined());
+}
+
+TEST(DetectorTest, DenoisingAttentionMask) {
+  DenoisingGenerator gen(20, 5, 64, 10);
+  auto r = gen(Targets());
+  ASSERT_EQ(r.groups, 5);
+  const int64_t num_dn = r.groups * r.group_size;  // 20
+  ASSERT_EQ(r.attn_mask.sizes(), (at::IntArrayRef{num_dn + 20, num_dn + 20}));
+  // Matching queries never see denoising queries, but see each other.
+  EXPECT_TRUE(r.attn_mask.narrow(0, num_dn, 20).narrow(1, 0, num_dn).all().item<bool>());
+  EXPECT_FALSE(r.attn_mask.narrow(0, num_dn, 20).narrow(1, num_dn, 20).any().item<bool>());
+  // A denoising group sees itself and the matching queries, not other groups.
+  at::Tensor g1 = r.attn_mask.narrow(0, 4, 4);
+  EXPECT_FALSE(g1.narrow(1, 4, 4).any().item<bool>());
+  EXPECT_TRUE(g1.narrow(1, 0, 4).all().item<bool>());
+  EXPECT_TRUE(g1.narrow(1, 8, num_dn - 8).all().item<bool>());
+  EXPECT_FALSE(g1.narrow(1, num_dn, 20).any().item<bool>());
+  // Padding slots of the image with fewer GT stay zero.
+  EXPECT_EQ(r.label_query[1][1].abs().sum().item<float>(), 0.0f);
+  EXPECT_GT(r.label_query[1][0].abs().sum().item<float>(), 0.0f);
+}
+
+TEST(DetectorTest, PostProcessSelectsTopScoresAndScalesBoxes) {
+  at::Tensor logits = at::full({1, 3, 2}, -10.0);
+  logits[0][1][0] = 2.0;  // best
+  logits[0][2][1] = 1.0;  // second
+  at::Tensor boxes = at::tensor({0.5f, 0.5f, 1.f, 1.f, 0.25f, 0.5f, 0.5f, 0.2f, 0.5f, 0.5f,
+                                 0.1f, 0.1f}).view({1, 3, 4});
+  auto d = LpDetrImpl::PostProcess(logits, boxes, at::tensor({int64_t{100}, int64_t{200}}).view({1, 2}), 2)[0];
+  ASSERT_EQ(d.scores.size(0), 2);
+  EXPECT_NEAR(d.scores[0].item<float>(), 1.0 / (1.0 + std::exp(-2.0)), 1e-6);
+  EXPECT_EQ(d.labels[0].item<int64_t>(), 0);
+  EXPECT_EQ(d.labels[1].item<int64_t>(), 1);
+  // (0.25, 0.5, 0.5, 0.2) cxcywh in a 100x200 (h x w) image.
+  EXPECT_TRUE(at::allclose(d.boxes[0], at::tensor({0.0f, 40.0f, 100.0f, 60.0f}), 0, 1e-4));
+  // num_select larger than queries x classes is clamped.
+  EXPECT_EQ(LpDetrImpl::PostProcess(logits, boxes, at::tensor({int64_t{1}, int64_t{1}}).view({1, 2}), 100)[0]
+                .scores.size(0),
+            6);
+}
+
+TEST(ModelDirTest, SaveLoadRoundTripAndStrictErrors) {
+  ModelConfig c = TinyConfig("lp-detr");
+  c.classes = {"a", "b", "c", "d", "e"};
+  LpDetr model = RandomModel(c, 5);
+  const std::string dir = testing::TempDir() + "/model_dir_test";
+  fs::remove_all(dir);
+  SaveModelDir(dir, c, *model, at::kHalf);
+  LoadedModel loaded = LoadModelDir(dir);
+  EXPECT_EQ(loaded.config.classes, c.classes);
+  auto a = StateDict(*model), b = StateDict(*loaded.model);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(at::allclose(a[i].second.to(at::kHalf).to(at::kFloat), b[i].second))
+        << a[i].first;
+  }
+  // labels.txt overrides the names; a wrong count is an error.
+  std::ofstream(dir + "/labels.txt") << "v\nw\nx\ny\nz\n";
+  EXPECT_EQ(LoadModelDir(dir).config.classes[4], "z");
+  std::ofstream(dir + "/labels.txt") << "only\none\n";
+  EXPECT_THROW(LoadModelDir(dir), ModelLoadError);
+  fs::remove(dir + "/labels.txt");
+
+  // Missing and unexpected keys are listed by name.
+  NamedTensors weights = StateDict(*model);
+  weights.erase(weights.begin());
+  weights.emplace_back("transformer.decoder.position_relation_embedding.pos_proj.0.weight",
+                       at::zeros({4, 64, 1, 1}));
+  LpDetr fresh(c);
+  try {
+    LoadStateDict(*fresh, weights);
+    FAIL() << "expected ModelLoadError";
+  } catch (const ModelLoadError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("missing keys (1): backbone.conv1.weight"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("unexpected keys (1): transformer.decoder.position_relation_embedding"),
+              std::string::npos)
+        << msg;
+  }
+  NamedTensors bad_shape = StateDict(*model);
+  bad_shape[0].second = at::zeros({1});
+  try {
+    LoadStateDict(*fresh, bad_shape);
+    FAIL() << "expected ModelLoadError";
+  } catch (const ModelLoadError& e) {
+    EXPECT_NE(std::string(e.what()).find("shape mismatches"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(LoadModelDir(dir + "/nope"), ModelLoadError);
+}
+
+TEST(PreprocessTest, ResizeRuleAndNormalisation) {
+  EXPECT_EQ(ResizedSize(480, 640, 800, 1333), (std::array<int64_t, 2>{800, 1066}));
+  EXPECT_EQ(ResizedSize(1000, 100, 800, 1333), (std::array<int64_t, 2>{1333, 133}));
+  EXPECT_EQ(ResizedSize(800, 800, 800, 1333), (std::array<int64_t, 2>{800, 800}));
+  at::Tensor gray = at::full({40, 60, 3}, 128, at::kByte);
+  at::Tensor x = PreprocessImage(gray, 80, 200);
+  ASSERT_EQ(x.sizes(), (at::IntArrayRef{3, 80, 120}));
+  EXPECT_NEAR(x[0][10][10].item<float>(), (128 / 255.0 - 0.485) / 0.229, 1e-5);
+  EXPECT_NEAR(x[2][50][100].item<float>(), (128 / 255.0 - 0.406) / 0.225, 1e-5);
+
+  ImageBatch b = BatchImages({at::ones({3, 50, 70}), at::ones({3, 33, 100})});
+  EXPECT_EQ(b.images.sizes(), (at::IntArrayRef{2, 3, 64, 128}));
+  EXPECT_EQ(b.extents[0], (std::array<int64_t, 2>{64, 96}));
+  EXPECT_EQ(b.extents[1], (std::array<int64_t, 2>{64, 128}));
+  EXPECT_FALSE(b.mask[0][49][69].item<bool>());
+  EXPECT_TRUE(b.mask[0][50][0].item<bool>());
+  EXPECT_EQ(b.images[0][0][50][0].item<float>(), 0.0f);
+}
+
+}  // namespace
+}  // namespace lpdetr
