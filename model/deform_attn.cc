@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include "model/layers.h"
+
 namespace lpdetr {
 
 at::Tensor MsDeformAttnComposed(const at::Tensor& value, const SpatialShapes& shapes,
@@ -63,13 +65,13 @@ at::Tensor MultiScaleDeformableAttentionImpl::forward(const at::Tensor& query,
   for (const auto& s : shapes) total += s[0] * s[1];
   TORCH_CHECK(total == num_value, "spatial shapes cover ", total, " positions but value has ",
               num_value);
-  at::Tensor v = value_proj(value);
+  at::Tensor v = Linear(value_proj, value);
   if (key_padding_mask.defined()) v = v.masked_fill(key_padding_mask.unsqueeze(-1), 0.0);
   v = v.view({batch, num_value, num_heads_, embed_dim_ / num_heads_});
 
-  at::Tensor offsets = sampling_offsets(query).view(
+  at::Tensor offsets = Linear(sampling_offsets, query).view(
       {batch, num_query, num_heads_, num_levels_, num_points_, 2});
-  at::Tensor weights = attention_weights(query)
+  at::Tensor weights = Linear(attention_weights, query)
                            .view({batch, num_query, num_heads_, num_levels_ * num_points_})
                            .softmax(-1)
                            .view({batch, num_query, num_heads_, num_levels_, num_points_});
@@ -91,7 +93,7 @@ at::Tensor MultiScaleDeformableAttentionImpl::forward(const at::Tensor& query,
     locations = ref.narrow(-1, 0, 2) + offsets / static_cast<double>(num_points_) *
                                            ref.narrow(-1, 2, 2) * 0.5;
   }
-  return output_proj(MsDeformAttnComposed(v, shapes, locations, weights));
+  return Linear(output_proj, MsDeformAttnComposed(v, shapes, locations, weights));
 }
 
 }  // namespace lpdetr

@@ -181,7 +181,7 @@ torch::nn::Linear MLPImpl::Layer(size_t i) const { return linears_.at(i); }
 
 at::Tensor MLPImpl::forward(at::Tensor x) {
   for (size_t i = 0; i < linears_.size(); ++i) {
-    x = linears_[i]->forward(x);
+    x = Linear(linears_[i], x);
     if (i + 1 < linears_.size()) x = x.relu_();
   }
   return x;

@@ -15,6 +15,7 @@
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
+#include <ATen/ops/linear.h>
 
 namespace lpdetr {
 
@@ -105,6 +106,12 @@ at::Tensor SinePositionEmbedding(const at::Tensor& mask, int64_t num_pos_feats,
 // get_sine_pos_embed). Returns [..., n * num_pos_feats].
 at::Tensor SineEmbed(const at::Tensor& pos, int64_t num_pos_feats, double temperature,
                      double scale, bool exchange_xy);
+
+// Python's F.linear (a fused addmm for contiguous inputs). The C++ frontend's
+// Linear::forward computes matmul + bias instead, which rounds differently.
+inline at::Tensor Linear(const torch::nn::Linear& layer, const at::Tensor& x) {
+  return at::linear(x, layer->weight, layer->bias);
+}
 
 // log(x / (1 - x)) with x clamped to [eps, 1 - eps] (official eps 1e-3).
 at::Tensor InverseSigmoid(const at::Tensor& x, double eps = 1e-3);

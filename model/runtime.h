@@ -1,17 +1,31 @@
-// Process-level setup for programs that run the model on CPU.
+// Process-level numerics setup for programs that run the model on CPU.
+//
+// Math libraries pick their kernels when they load: OpenBLAS from the CPU
+// model name (falling back to ~4x slower generic kernels on virtual CPUs that
+// report a generic model), oneDNN from the instruction sets. Two modes:
+//   kFast       the fastest kernels for this CPU (OPENBLAS_CORETYPE SkylakeX on
+//               AVX-512, Haswell on AVX2), all cores. The default everywhere.
+//   kReference  the numerics the official implementation's parity fixtures
+//               were produced with (OpenBLAS Haswell kernels with 2 threads,
+//               oneDNN limited to AVX2, one ATen thread), so that outputs
+//               match them bit for bit on x86-64 CPUs with AVX2. LP-DETR's
+//               decoder amplifies 1e-7 input differences into visible output
+//               differences, so parity with a reference needs its exact
+//               numerics, not just the same maths.
+// Variables the user already set are left alone.
 #pragma once
 
 namespace lpdetr {
 
-// OpenBLAS picks its kernels from the CPU model name at load time, and falls
-// back to generic SSE kernels (about 4x slower GEMM) on virtual CPUs that
-// report a generic model. When OPENBLAS_CORETYPE is unset, this sets it from
-// the instruction sets the CPU reports (SkylakeX for AVX-512, Haswell for
-// AVX2) and re-executes the program once so the library loads with it.
-// Call first thing in main(); returns only if no re-exec was needed.
-void EnsureBlasCoreType(int argc, char** argv);
+enum class Numerics { kFast, kReference };
 
-// Sets LibTorch intra-op threads (0 = the number of cores available).
-void SetIntraOpThreads(int threads);
+// Sets the math libraries' environment for `numerics` and re-executes the
+// program once when a variable read at load time had to change. Call first
+// thing in main(); returns when no re-exec is needed (or it failed).
+void ConfigureProcess(char** argv, Numerics numerics);
+
+// LibTorch intra-op threads: 1 in reference mode, else `threads`
+// (0 = all cores available).
+void SetIntraOpThreads(Numerics numerics, int threads);
 
 }  // namespace lpdetr

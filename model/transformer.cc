@@ -22,22 +22,38 @@ SelfAttentionImpl::SelfAttentionImpl(int64_t embed_dim, int64_t num_heads)
 
 at::Tensor SelfAttentionImpl::forward(const at::Tensor& qk, const at::Tensor& v_in,
                                       const at::Tensor& logit_bias, const at::Tensor& mask) {
+  // Same layout and op order as nn.MultiheadAttention(batch_first=True):
+  // sequence-first projections, [B*H, N, d] heads, q / sqrt(d), baddbmm with
+  // the additive mask, softmax, bmm, out_proj on [N*B, E].
   const int64_t batch = qk.size(0), n = qk.size(1), head_dim = embed_dim_ / num_heads_;
   auto w = in_proj_weight.chunk(3, 0);
   auto b = in_proj_bias.chunk(3, 0);
-  auto heads = [&](const at::Tensor& x) {
-    return x.view({batch, n, num_heads_, head_dim}).transpose(1, 2);
+  const at::Tensor x = qk.transpose(0, 1), xv = v_in.transpose(0, 1);  // [N,B,E]
+  auto heads = [&](const at::Tensor& t) {
+    return t.contiguous().view({n, batch * num_heads_, head_dim}).transpose(0, 1);
   };
-  at::Tensor q = heads(at::linear(qk, w[0], b[0])) / std::sqrt(static_cast<double>(head_dim));
-  at::Tensor k = heads(at::linear(qk, w[1], b[1]));
-  at::Tensor v = heads(at::linear(v_in, w[2], b[2]));
-  at::Tensor logits = at::matmul(q, k.transpose(-2, -1));  // [B,H,N,N]
-  if (logit_bias.defined()) logits = logits + logit_bias;
-  if (mask.defined()) logits = logits.masked_fill(mask, -std::numeric_limits<float>::infinity());
-  at::Tensor attn = logits.softmax(-1);
-  if (record_weights) last_weights = attn.detach();
-  at::Tensor out = at::matmul(attn, v).transpose(1, 2).reshape({batch, n, embed_dim_});
-  return out_proj(out);
+  at::Tensor q = heads(at::linear(x, w[0], b[0]));
+  at::Tensor k = heads(at::linear(x, w[1], b[1]));
+  at::Tensor v = heads(at::linear(xv, w[2], b[2]));
+
+  at::Tensor additive;  // [B*H, N, N] or [1, N, N]
+  if (logit_bias.defined()) {
+    additive = logit_bias.reshape({batch * num_heads_, n, n});
+    if (mask.defined()) {
+      additive = additive.masked_fill(mask, -std::numeric_limits<float>::infinity());
+    }
+  } else if (mask.defined()) {
+    additive = at::zeros({1, n, n}, q.options())
+                   .masked_fill_(mask, -std::numeric_limits<float>::infinity());
+  }
+  q = q / std::sqrt(static_cast<double>(head_dim));
+  at::Tensor attn = additive.defined() ? at::baddbmm(additive, q, k.transpose(-2, -1))
+                                       : at::bmm(q, k.transpose(-2, -1));
+  attn = attn.softmax(-1);
+  if (record_weights) last_weights = attn.detach().view({batch, num_heads_, n, n});
+  at::Tensor out = at::bmm(attn, v).transpose(0, 1).contiguous().view({n * batch, embed_dim_});
+  out = Linear(out_proj, out);
+  return out.view({n, batch, embed_dim_}).transpose(0, 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -58,7 +74,7 @@ at::Tensor EncoderLayerImpl::forward(const at::Tensor& query, const at::Tensor& 
                                      const SpatialShapes& shapes, const at::Tensor& padding_mask) {
   at::Tensor x = norm1(query + self_attn(query + query_pos, reference_points, query, shapes,
                                          padding_mask));
-  return norm2(x + linear2(at::relu(linear1(x))));
+  return norm2(x + Linear(linear2, at::relu(Linear(linear1, x))));
 }
 
 EncoderImpl::EncoderImpl(const ModelConfig& c) {
@@ -67,11 +83,13 @@ EncoderImpl::EncoderImpl(const ModelConfig& c) {
     layers_.emplace_back(c);
     layers->push_back(layers_.back());
   }
+  fusion_in_ = torch::nn::Linear((c.enc_layers + 1) * c.embed_dim, c.embed_dim);
+  fusion_out_ = torch::nn::Linear(c.embed_dim, c.embed_dim);
+  fusion_norm_ = torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.embed_dim}));
+  // Official layout: Sequential(Linear, ReLU, Linear, LayerNorm) -> .0, .2, .3
   memory_fusion = register_module(
       "memory_fusion",
-      torch::nn::Sequential(torch::nn::Linear((c.enc_layers + 1) * c.embed_dim, c.embed_dim),
-                            torch::nn::ReLU(), torch::nn::Linear(c.embed_dim, c.embed_dim),
-                            torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.embed_dim}))));
+      torch::nn::Sequential(fusion_in_, torch::nn::ReLU(), fusion_out_, fusion_norm_));
 }
 
 at::Tensor EncoderImpl::forward(at::Tensor query, const at::Tensor& query_pos,
@@ -82,7 +100,9 @@ at::Tensor EncoderImpl::forward(at::Tensor query, const at::Tensor& query_pos,
     query = layer(query, query_pos, reference_points, shapes, padding_mask);
     outputs.push_back(query);
   }
-  return memory_fusion->forward(at::cat(outputs, -1));
+  at::Tensor x = at::cat(outputs, -1);
+  x = at::relu(Linear(fusion_in_, x));
+  return fusion_norm_(Linear(fusion_out_, x));
 }
 
 // ---------------------------------------------------------------------------
@@ -105,7 +125,7 @@ at::Tensor DecoderLayerImpl::forward(const at::Tensor& query, const at::Tensor& 
                                      const at::Tensor& logit_bias, const at::Tensor& attn_mask) {
   at::Tensor x = norm2(query + self_attn(query + query_pos, query, logit_bias, attn_mask));
   x = norm1(x + cross_attn(x + query_pos, reference_points, value, shapes, padding_mask));
-  return norm3(x + linear2(at::relu(linear1(x))));
+  return norm3(x + Linear(linear2, at::relu(Linear(linear1, x))));
 }
 
 // ---------------------------------------------------------------------------
@@ -188,7 +208,7 @@ DecoderOutput DecoderImpl::forward(at::Tensor query, at::Tensor reference_points
     query = layers_[l](query, query_pos, ref_input, value, shapes, padding_mask, bias, attn_mask);
 
     at::Tensor normed = norm(query);
-    at::Tensor output_class = class_heads_[l](normed);
+    at::Tensor output_class = Linear(class_heads_[l], normed);
     at::Tensor output_coord =
         (bbox_heads_[l](normed) + InverseSigmoid(reference_points)).sigmoid();
     classes.push_back(output_class);
@@ -287,7 +307,7 @@ TransformerOutput RelationTransformerImpl::forward(const MultiLevelInput& in,
   proposal_logits.masked_fill_(invalid, std::numeric_limits<float>::infinity());
   at::Tensor output_memory =
       memory * mask_flatten.logical_not().unsqueeze(-1) * proposals_valid;
-  output_memory = enc_output_norm(enc_output(output_memory));
+  output_memory = enc_output_norm(Linear(enc_output, output_memory));
 
   const int64_t positions = feat_flatten.size(1);
   auto select_topk = [&](const at::Tensor& logits_all, const at::Tensor& coords_all,
@@ -305,7 +325,7 @@ TransformerOutput RelationTransformerImpl::forward(const MultiLevelInput& in,
   };
 
   TransformerOutput out;
-  at::Tensor enc_class_all = encoder_class_head(output_memory);
+  at::Tensor enc_class_all = Linear(encoder_class_head, output_memory);
   at::Tensor enc_coord_all = (encoder_bbox_head(output_memory) + proposal_logits).sigmoid();
   select_topk(enc_class_all, enc_coord_all, config_.num_queries, &out.enc_logits,
               &out.enc_boxes);
@@ -322,7 +342,7 @@ TransformerOutput RelationTransformerImpl::forward(const MultiLevelInput& in,
                         mask_flatten, attn_mask, /*skip_relation=*/false);
 
   if (is_training()) {
-    at::Tensor hybrid_class_all = hybrid_class_head(output_memory);
+    at::Tensor hybrid_class_all = Linear(hybrid_class_head, output_memory);
     at::Tensor hybrid_coord_all = (hybrid_bbox_head(output_memory) + proposal_logits).sigmoid();
     select_topk(hybrid_class_all, hybrid_coord_all, config_.hybrid_num_proposals,
                 &out.hybrid_enc_logits, &out.hybrid_enc_boxes);

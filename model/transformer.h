@@ -68,6 +68,8 @@ class EncoderImpl : public torch::nn::Module {
   std::vector<EncoderLayer> layers_;
   torch::nn::ModuleList layers{nullptr};
   torch::nn::Sequential memory_fusion{nullptr};
+  torch::nn::Linear fusion_in_{nullptr}, fusion_out_{nullptr};
+  torch::nn::LayerNorm fusion_norm_{nullptr};
 };
 TORCH_MODULE(Encoder);
 

@@ -56,6 +56,8 @@ commands:
 common flags:
   --threads N     intra-op threads (default: all cores)
   --device D      cpu (default) or cuda
+  --numerics M    fast (default) or reference: the numerics of the official
+                  parity fixtures (bit-exact outputs; default for run-tensor)
 )";
 
 class UsageError : public std::runtime_error {
@@ -82,8 +84,15 @@ class Flags {
       if (!known.count(name)) throw UsageError("unknown flag --" + name);
       values_[name] = value;
     }
+    CheckNumerics();
   }
   bool Has(const std::string& name) const { return values_.count(name) > 0; }
+  void CheckNumerics() const {
+    const std::string n = Str("numerics", "fast");
+    if (n != "fast" && n != "reference") {
+      throw UsageError("--numerics must be fast or reference, got '" + n + "'");
+    }
+  }
   std::string Str(const std::string& name, const std::string& fallback = "") const {
     auto it = values_.find(name);
     return it == values_.end() ? fallback : it->second;
@@ -129,7 +138,31 @@ c10::Device ParseDevice(const Flags& flags) {
   throw UsageError("--device must be cpu or cuda, got '" + d + "'");
 }
 
-void Setup(const Flags& flags) { SetIntraOpThreads(static_cast<int>(flags.Int("threads", 0))); }
+Numerics g_numerics = Numerics::kFast;
+
+void Setup(const Flags& flags) {
+  SetIntraOpThreads(g_numerics, static_cast<int>(flags.Int("threads", 0)));
+}
+
+// Numerics mode from argv (before any library work): --numerics fast|reference,
+// default reference for run-tensor and fast otherwise.
+Numerics NumericsFromArgs(int argc, char** argv) {
+  Numerics n = (argc > 1 && std::string(argv[1]) == "run-tensor") ? Numerics::kReference
+                                                                    : Numerics::kFast;
+  for (int i = 2; i < argc; ++i) {
+    std::string arg = argv[i], value;
+    if (arg == "--numerics" && i + 1 < argc) {
+      value = argv[i + 1];
+    } else if (arg.rfind("--numerics=", 0) == 0) {
+      value = arg.substr(11);
+    } else {
+      continue;
+    }
+    if (value == "fast") n = Numerics::kFast;
+    if (value == "reference") n = Numerics::kReference;
+  }
+  return n;
+}
 
 double PeakRssMiB() {
   rusage usage{};
@@ -155,7 +188,7 @@ nlohmann::json AlphaJson(const at::Tensor& alpha) {
 
 // ---------------------------------------------------------------------------
 int RunTensor(int argc, char** argv) {
-  Flags flags(argc, argv, 2, {"model", "input", "output", "threads", "device"});
+  Flags flags(argc, argv, 2, {"model", "input", "output", "threads", "device", "numerics"});
   Setup(flags);
   const c10::Device device = ParseDevice(flags);
   LoadedModel loaded = LoadModelDir(flags.Required("model"), device);
@@ -197,7 +230,7 @@ int RunTensor(int argc, char** argv) {
 // ---------------------------------------------------------------------------
 int Bench(int argc, char** argv) {
   Flags flags(argc, argv, 2,
-              {"config", "height", "width", "iters", "batch", "warmup", "threads", "device"});
+              {"config", "height", "width", "iters", "batch", "warmup", "threads", "device", "numerics"});
   Setup(flags);
   const c10::Device device = ParseDevice(flags);
   ModelConfig config = ModelConfig::FromFile(flags.Required("config"));
@@ -237,7 +270,7 @@ int Bench(int argc, char** argv) {
   std::printf("model: %s (%s, %s, relation heads %d/%d)\n", config.name.c_str(),
               RelationVariantName(config.relation_variant), config.backbone.c_str(),
               config.relation_heads, config.num_heads);
-  std::printf("input: %lld x %lld, batch %lld, device %s, threads %d\n",
+  std::printf("input: %lld x %lld, batch %lld, device %s, intra-op threads %d\n",
               static_cast<long long>(height), static_cast<long long>(width),
               static_cast<long long>(batch_size), device.str().c_str(), at::get_num_threads());
   std::printf("iterations: %lld (after %lld warm-up)\n", static_cast<long long>(iters),
@@ -251,7 +284,7 @@ int Bench(int argc, char** argv) {
 // ---------------------------------------------------------------------------
 int Detect(int argc, char** argv) {
   Flags flags(argc, argv, 2,
-              {"model", "image", "score-threshold", "max-detections", "threads", "device"});
+              {"model", "image", "score-threshold", "max-detections", "threads", "device", "numerics"});
   Setup(flags);
 #ifndef LPDETR_HAVE_OPENCV
   throw std::runtime_error("detect needs OpenCV, which this build was made without");
@@ -311,7 +344,7 @@ int Detect(int argc, char** argv) {
 
 // ---------------------------------------------------------------------------
 int Info(int argc, char** argv) {
-  Flags flags(argc, argv, 2, {"model", "config", "threads", "device"});
+  Flags flags(argc, argv, 2, {"model", "config", "threads", "device", "numerics"});
   ModelConfig config;
   LpDetr model{nullptr};
   if (flags.Has("model")) {
@@ -338,7 +371,8 @@ int Info(int argc, char** argv) {
 }  // namespace lpdetr
 
 int main(int argc, char** argv) {
-  lpdetr::EnsureBlasCoreType(argc, argv);
+  lpdetr::g_numerics = lpdetr::NumericsFromArgs(argc, argv);
+  lpdetr::ConfigureProcess(argv, lpdetr::g_numerics);
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::fputs(lpdetr::kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
