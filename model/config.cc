@@ -202,13 +202,6 @@ void ModelConfig::Validate() const {
               std::to_string(num_classes));
 }
 
-std::vector<int> ModelConfig::BackboneChannels() const {
-  const int expansion = (backbone == "resnet18" || backbone == "resnet34") ? 1 : 4;
-  std::vector<int> channels;
-  for (int idx : return_indices) channels.push_back(64 * expansion * (1 << idx));
-  return channels;
-}
-
 std::string ModelConfig::ClassName(int label) const {
   if (label >= 0 && label < static_cast<int>(classes.size())) return classes[label];
   return "class_" + std::to_string(label);

@@ -69,8 +69,6 @@ struct ModelConfig {
   // Throws std::invalid_argument when a value is out of range.
   void Validate() const;
 
-  // Channels of the ResNet stages in return_indices.
-  std::vector<int> BackboneChannels() const;
   // Class name of a label id ("class_<id>" when no names are configured).
   std::string ClassName(int label) const;
 };

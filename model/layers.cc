@@ -177,8 +177,6 @@ MLPImpl::MLPImpl(int64_t input_dim, int64_t hidden_dim, int64_t output_dim,
   }
 }
 
-torch::nn::Linear MLPImpl::Layer(size_t i) const { return linears_.at(i); }
-
 at::Tensor MLPImpl::forward(at::Tensor x) {
   for (size_t i = 0; i < linears_.size(); ++i) {
     x = Linear(linears_[i], x);

@@ -84,8 +84,6 @@ class MLPImpl : public torch::nn::Module {
  public:
   MLPImpl(int64_t input_dim, int64_t hidden_dim, int64_t output_dim, int64_t num_layers);
   at::Tensor forward(at::Tensor x);
-  torch::nn::Linear Layer(size_t i) const;
-  size_t NumLayers() const { return linears_.size(); }
 
  private:
   torch::nn::ModuleList layers{nullptr};

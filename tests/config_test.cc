@@ -1,4 +1,5 @@
 #include "model/config.h"
+#include "model/layers.h"
 #include "tests/test_paths.h"
 
 #include <cstdlib>
@@ -34,7 +35,8 @@ TEST(ConfigTest, DefaultsAreTheOfficialR50Setup) {
   EXPECT_EQ(c.dim_feedforward, 2048);
   EXPECT_EQ(c.relation_variant, RelationVariant::kLpDetr);
   EXPECT_EQ(c.relation_heads, 8);
-  EXPECT_EQ(c.BackboneChannels(), (std::vector<int>{512, 1024, 2048}));
+  EXPECT_EQ(ResNet(c.backbone, c.return_indices)->OutChannels(),
+            (std::vector<int64_t>{512, 1024, 2048}));
 }
 
 TEST(ConfigTest, ShippedConfigsParse) {

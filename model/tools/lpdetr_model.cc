@@ -102,29 +102,29 @@ class Flags {
     return values_.at(name);
   }
   int64_t Int(const std::string& name, int64_t fallback) const {
-    if (!Has(name)) return fallback;
-    try {
-      size_t pos = 0;
-      const int64_t v = std::stoll(values_.at(name), &pos);
-      if (pos != values_.at(name).size()) throw std::invalid_argument("trailing");
-      return v;
-    } catch (const std::exception&) {
-      throw UsageError("--" + name + " must be an integer, got '" + values_.at(name) + "'");
-    }
+    return Number<int64_t>(name, fallback, "an integer",
+                           [](const std::string& v, size_t* pos) { return std::stoll(v, pos); });
   }
   double Double(const std::string& name, double fallback) const {
-    if (!Has(name)) return fallback;
-    try {
-      size_t pos = 0;
-      const double v = std::stod(values_.at(name), &pos);
-      if (pos != values_.at(name).size()) throw std::invalid_argument("trailing");
-      return v;
-    } catch (const std::exception&) {
-      throw UsageError("--" + name + " must be a number, got '" + values_.at(name) + "'");
-    }
+    return Number<double>(name, fallback, "a number",
+                          [](const std::string& v, size_t* pos) { return std::stod(v, pos); });
   }
 
  private:
+  // Parses the whole value of --name with `parse`; a usage error otherwise.
+  template <typename T, typename Parse>
+  T Number(const std::string& name, T fallback, const char* what, Parse parse) const {
+    if (!Has(name)) return fallback;
+    const std::string& v = values_.at(name);
+    try {
+      size_t pos = 0;
+      const T result = parse(v, &pos);
+      if (pos == v.size()) return result;
+    } catch (const std::exception&) {
+    }
+    throw UsageError("--" + name + " must be " + what + ", got '" + v + "'");
+  }
+
   std::map<std::string, std::string> values_;
 };
 
