@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -12,6 +13,8 @@ namespace lpdetr {
 namespace {
 
 constexpr const char* kMarker = "LPDETR_NUMERICS_CONFIGURED";
+
+std::atomic<OpBackend> g_op_backend{OpBackend::kKernels};
 
 bool CpuHas(const char* feature) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -57,7 +60,12 @@ void ConfigureProcess(char** argv, Numerics numerics) {
   // exec failed: carry on with the kernels the libraries chose.
 }
 
-void SetIntraOpThreads(Numerics numerics, int threads) {
+void SetOpBackend(OpBackend backend) { g_op_backend.store(backend); }
+
+OpBackend GetOpBackend() { return g_op_backend.load(); }
+
+void ApplyNumerics(Numerics numerics, int threads) {
+  SetOpBackend(numerics == Numerics::kReference ? OpBackend::kComposed : OpBackend::kKernels);
   if (numerics == Numerics::kReference) {
     threads = 1;
   } else if (threads <= 0) {

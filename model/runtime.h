@@ -24,8 +24,20 @@ enum class Numerics { kFast, kReference };
 // thing in main(); returns when no re-exec is needed (or it failed).
 void ConfigureProcess(char** argv, Numerics numerics);
 
-// LibTorch intra-op threads: 1 in reference mode, else `threads`
-// (0 = all cores available).
-void SetIntraOpThreads(Numerics numerics, int threads);
+// Which implementation the model's hot operators (the relation weights and
+// multi-scale deformable attention) run:
+//   kKernels   the fused custom ops of model/ops (default),
+//   kComposed  the composed ATen reference implementations, whose float
+//              operations match the official code exactly.
+enum class OpBackend { kKernels, kComposed };
+
+// Process-wide operator backend (thread-safe to read while models run).
+void SetOpBackend(OpBackend backend);
+OpBackend GetOpBackend();
+
+// Applies the in-process part of `numerics`: LibTorch intra-op threads (1 in
+// reference mode, else `threads`, 0 = all cores available) and the operator
+// backend (kComposed in reference mode, kKernels otherwise).
+void ApplyNumerics(Numerics numerics, int threads);
 
 }  // namespace lpdetr

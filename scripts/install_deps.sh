@@ -10,6 +10,9 @@ PACKAGES=(
   libopencv-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev libcpp-httplib-dev libssl-dev openssl
+  prometheus python3-grpcio python3-protobuf
 )
 
 missing=()

@@ -110,7 +110,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ParityTest,
 
 int main(int argc, char** argv) {
   lpdetr::ConfigureProcess(argv, lpdetr::Numerics::kReference);
-  lpdetr::SetIntraOpThreads(lpdetr::Numerics::kReference, 0);
+  lpdetr::ApplyNumerics(lpdetr::Numerics::kReference, 0);
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }

@@ -141,7 +141,7 @@ c10::Device ParseDevice(const Flags& flags) {
 Numerics g_numerics = Numerics::kFast;
 
 void Setup(const Flags& flags) {
-  SetIntraOpThreads(g_numerics, static_cast<int>(flags.Int("threads", 0)));
+  ApplyNumerics(g_numerics, static_cast<int>(flags.Int("threads", 0)));
 }
 
 // Numerics mode from argv (before any library work): --numerics fast|reference,
