@@ -56,8 +56,7 @@ absl::Status SplitAddress(const std::string& address, std::string* host, int* po
   if (!address.empty() && address[0] == '[') {
     size_t close = address.find(']');
     if (close == std::string::npos || close + 1 >= address.size() || address[close + 1] != ':') {
-      return absl::InvalidArgumentError("metrics address '" + address +
-                                        "': expected [ipv6]:port");
+      return absl::InvalidArgumentError("metrics address '" + address + "': expected [ipv6]:port");
     }
     *host = address.substr(1, close - 1);
     port_text = address.substr(close + 2);
@@ -74,9 +73,9 @@ absl::Status SplitAddress(const std::string& address, std::string* host, int* po
     }
   }
   if (*host == "*") host->clear();
-  bool digits = !port_text.empty() && port_text.size() <= 5 &&
-                std::all_of(port_text.begin(), port_text.end(),
-                            [](char c) { return c >= '0' && c <= '9'; });
+  bool digits =
+      !port_text.empty() && port_text.size() <= 5 &&
+      std::all_of(port_text.begin(), port_text.end(), [](char c) { return c >= '0' && c <= '9'; });
   if (!digits || std::stoi(port_text) > 65535) {
     return absl::InvalidArgumentError("metrics address '" + address + "': port '" + port_text +
                                       "' is not a number in 0..65535");
@@ -220,8 +219,8 @@ struct Exposer::Impl {
       size_t pos = line_end;
       while (pos != std::string::npos && pos < head.size()) {
         size_t next = head.find("\r\n", pos + 2);
-        std::string line = head.substr(pos + 2, next == std::string::npos ? std::string::npos
-                                                                          : next - pos - 2);
+        std::string line =
+            head.substr(pos + 2, next == std::string::npos ? std::string::npos : next - pos - 2);
         pos = next;
         size_t colon = line.find(':');
         if (colon == std::string::npos) continue;
@@ -277,7 +276,7 @@ struct Exposer::Impl {
       c.fd = fd;
       c.thread = std::thread([this, fd, &c] {
         Serve(fd);
-        std::lock_guard<std::mutex> lock(mu);
+        std::lock_guard<std::mutex> connection_lock(mu);
         ::shutdown(fd, SHUT_RDWR);
         ::close(fd);
         c.fd = -1;
@@ -328,13 +327,14 @@ absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Create(const std::string& addr
   }
   ::freeaddrinfo(found);
   if (impl->listen_fd < 0) {
-    return absl::UnavailableError("metrics address '" + address + "': cannot listen: " + last_error);
+    return absl::UnavailableError("metrics address '" + address +
+                                  "': cannot listen: " + last_error);
   }
   sockaddr_storage bound{};
   socklen_t len = sizeof(bound);
   if (::getsockname(impl->listen_fd, reinterpret_cast<sockaddr*>(&bound), &len) != 0) {
-    return absl::InternalError("metrics address '" + address + "': getsockname: " +
-                               ErrnoText(errno));
+    return absl::InternalError("metrics address '" + address +
+                               "': getsockname: " + ErrnoText(errno));
   }
   impl->port = bound.ss_family == AF_INET6
                    ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)

@@ -153,8 +153,8 @@ TEST(Exposer, ManyConcurrentClients) {
 
 TEST(Exposer, AddressErrorsNameTheAddress) {
   auto registry = std::make_shared<Registry>();
-  for (const std::string bad : {"nocolon", "127.0.0.1:99999", "127.0.0.1:abc", "127.0.0.1:",
-                                "::1:80", "[::1]80", "[::1:80"}) {
+  for (const std::string bad : {"nocolon", "127.0.0.1:99999", "127.0.0.1:abc",
+                                "127.0.0.1:", "::1:80", "[::1]80", "[::1:80"}) {
     auto exposer = Exposer::Create(bad, registry);
     ASSERT_FALSE(exposer.ok()) << bad;
     EXPECT_EQ(exposer.status().code(), absl::StatusCode::kInvalidArgument) << bad;

@@ -7,11 +7,10 @@
 #include <chrono>
 #include <cmath>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <thread>
-
-#include <nlohmann/json.hpp>
 
 #include "server/metrics/metrics.h"
 #include "tests/metrics/test_util.h"
@@ -78,14 +77,15 @@ TEST(Prometheus, ScrapesTheExposerAndAnswersQueries) {
   testing::TempDir dir;
   const int prom_port = testing::FreeLoopbackPort();
   auto config = dir.path() / "prometheus.yml";
-  testing::WriteFile(config, "global:\n"
-                             "  scrape_interval: 1s\n"
-                             "  scrape_timeout: 1s\n"
-                             "scrape_configs:\n"
-                             "  - job_name: lpdetr\n"
-                             "    static_configs:\n"
-                             "      - targets: ['127.0.0.1:" +
-                                 std::to_string((*exposer)->port()) + "']\n");
+  testing::WriteFile(config,
+                     "global:\n"
+                     "  scrape_interval: 1s\n"
+                     "  scrape_timeout: 1s\n"
+                     "scrape_configs:\n"
+                     "  - job_name: lpdetr\n"
+                     "    static_configs:\n"
+                     "      - targets: ['127.0.0.1:" +
+                         std::to_string((*exposer)->port()) + "']\n");
   auto log = dir.path() / "prometheus.log";
   testing::ChildProcess server(
       {prometheus, "--config.file=" + config.string(),

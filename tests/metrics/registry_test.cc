@@ -99,8 +99,8 @@ TEST(Family, SameLabelsGiveTheSameChild) {
 TEST(Histogram, CumulativeBucketsSumAndCount) {
   Registry registry;
   std::vector<double> bounds = {0.5, 1.0, 2.0, 5.0};
-  Histogram& h = registry.AddHistogram("lpdetr_latency_seconds", "help", bounds)
-                     .Add({{"method", "Detect"}});
+  Histogram& h =
+      registry.AddHistogram("lpdetr_latency_seconds", "help", bounds).Add({{"method", "Detect"}});
   std::mt19937 rng(7);
   std::uniform_real_distribution<double> dist(-1.0, 8.0);
   std::vector<double> values = {0.5, 1.0, 2.0, 5.0, 5.0000001, -3.0};  // edges are inclusive
@@ -181,8 +181,8 @@ TEST(Buckets, LatencyAndLinear) {
 
 TEST(Names, InvalidMetricNamesThrowNamingTheName) {
   Registry registry;
-  for (const std::string bad : {"", "1abc", "lpdetr-requests", "lpdetr requests", "__reserved",
-                                "lpdetr_é"}) {
+  for (const std::string bad :
+       {"", "1abc", "lpdetr-requests", "lpdetr requests", "__reserved", "lpdetr_é"}) {
     ExpectInvalid([&] { registry.AddGauge(bad, "h"); }, "'" + bad + "'");
     ExpectInvalid([&] { registry.AddHistogram(bad, "h", {1}); }, "'" + bad + "'");
   }
