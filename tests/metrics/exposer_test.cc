@@ -206,6 +206,30 @@ TEST(Exposer, WildcardHostBinds) {
   }
 }
 
+TEST(Exposer, Ipv6LoopbackInBrackets) {
+  auto registry = std::make_shared<Registry>();
+  auto exposer = Exposer::Create("[::1]:0", registry);
+  if (!exposer.ok() && exposer.status().code() == absl::StatusCode::kUnavailable) {
+    GTEST_SKIP() << "no IPv6 loopback: " << exposer.status();
+  }
+  ASSERT_TRUE(exposer.ok()) << exposer.status();
+  int fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  timeval timeout{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  sockaddr_in6 addr{};
+  addr.sin6_family = AF_INET6;
+  addr.sin6_port = htons(static_cast<uint16_t>((*exposer)->port()));
+  addr.sin6_addr = in6addr_loopback;
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0)
+      << std::strerror(errno);
+  SendAllOrThrow(fd, "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n");
+  HttpResponse r = ParseResponse(testing::ReadUntilClose(fd));
+  ::close(fd);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "ok\n");
+}
+
 // promtool's parser and linter accept the served text; a broken text fails it.
 TEST(Promtool, CheckMetricsAcceptsServedText) {
   std::string promtool = testing::ToolPath("LPDETR_PROMTOOL", LPDETR_PROMTOOL);
