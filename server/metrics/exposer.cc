@@ -22,6 +22,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -82,6 +83,31 @@ absl::Status SplitAddress(const std::string& address, std::string* host, int* po
   }
   *port = std::stoi(port_text);
   return absl::OkStatus();
+}
+
+// Length of the request head up to and including its empty line; 0 while incomplete.
+size_t HeadLength(const std::string& b) {
+  for (size_t i = b.find('\n'); i != std::string::npos; i = b.find('\n', i + 1)) {
+    if (i + 1 < b.size() && b[i + 1] == '\n') return i + 2;
+    if (i + 2 < b.size() && b[i + 1] == '\r' && b[i + 2] == '\n') return i + 3;
+  }
+  return 0;
+}
+
+// The head's non-empty lines without their CR/LF; never empty (the request line may be "").
+std::vector<std::string> SplitLines(const std::string& head) {
+  std::vector<std::string> lines;
+  size_t start = 0;
+  while (start < head.size()) {
+    size_t end = head.find('\n', start);
+    if (end == std::string::npos) end = head.size();
+    std::string line = head.substr(start, end - start);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty() || lines.empty()) lines.push_back(line);
+    start = end + 1;
+  }
+  if (lines.empty()) lines.emplace_back();
+  return lines;
 }
 
 bool SendAll(int fd, const std::string& data) {
@@ -183,9 +209,9 @@ struct Exposer::Impl {
     std::string buffer;
     char chunk[4096];
     while (!stopping.load()) {
-      // Read one request head.
-      size_t head_end;
-      while ((head_end = buffer.find("\r\n\r\n")) == std::string::npos) {
+      // Read one request head (lines end in CRLF, or a bare LF from hand-typed requests).
+      size_t head_length;
+      while ((head_length = HeadLength(buffer)) == 0) {
         if (buffer.size() > kMaxHeaderBytes) {
           SendAll(fd, RenderResponse(Error(431, "Request Header Fields Too Large"), false, false));
           return;
@@ -196,11 +222,10 @@ struct Exposer::Impl {
         if (n <= 0) return;
         buffer.append(chunk, static_cast<size_t>(n));
       }
-      std::string head = buffer.substr(0, head_end);
-      buffer.erase(0, head_end + 4);
+      std::vector<std::string> lines = SplitLines(buffer.substr(0, head_length));
+      buffer.erase(0, head_length);
 
-      size_t line_end = head.find("\r\n");
-      std::string request_line = head.substr(0, line_end);
+      const std::string& request_line = lines.front();
       size_t sp1 = request_line.find(' ');
       size_t sp2 = sp1 == std::string::npos ? std::string::npos : request_line.find(' ', sp1 + 1);
       if (sp2 == std::string::npos) {
@@ -216,12 +241,8 @@ struct Exposer::Impl {
       }
       bool keep_alive = version != "HTTP/1.0";
       bool has_body = false;
-      size_t pos = line_end;
-      while (pos != std::string::npos && pos < head.size()) {
-        size_t next = head.find("\r\n", pos + 2);
-        std::string line =
-            head.substr(pos + 2, next == std::string::npos ? std::string::npos : next - pos - 2);
-        pos = next;
+      for (size_t i = 1; i < lines.size(); ++i) {
+        const std::string& line = lines[i];
         size_t colon = line.find(':');
         if (colon == std::string::npos) continue;
         std::string name = Lower(Trim(line.substr(0, colon)));
@@ -310,7 +331,9 @@ absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Create(const std::string& addr
   std::string last_error = "no address";
   // The first resolved address that binds wins.
   for (addrinfo* ai = found; ai != nullptr; ai = ai->ai_next) {
-    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    // Non-blocking, so that accept() after poll() cannot block when a client went away.
+    int fd =
+        ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
     if (fd < 0) {
       last_error = ErrnoText(errno);
       continue;

@@ -83,6 +83,12 @@ TEST(Exposer, HeadMethodsAndMalformedRequests) {
   std::string huge = "GET /metrics HTTP/1.1\r\nX-Filler: " + std::string(40000, 'a');
   EXPECT_EQ(ParseResponse(RawExchange(port, huge)).status, 431);
 
+  // Bare LF line ends (hand-typed requests) are accepted too.
+  HttpResponse lf = ParseResponse(RawExchange(port, "GET /healthz HTTP/1.0\nX-A: b\n\n"));
+  EXPECT_EQ(lf.status, 200);
+  EXPECT_EQ(lf.body, "ok\n");
+  EXPECT_EQ(ParseResponse(RawExchange(port, "\r\n\r\n")).status, 400);
+
   // HTTP/1.0 without keep-alive: the server closes after one response.
   std::string one = RawExchange(port, "GET /healthz HTTP/1.0\r\n\r\n");
   EXPECT_EQ(ParseResponse(one).status, 200);
