@@ -5,7 +5,7 @@
 //
 // Each (shape, implementation, pass) runs in its own child process, so its
 // peak RSS is its own. Prints median times of forward and forward+backward,
-// the composed/kernel ratio and peak RSS.
+// the composed/kernel ratio and peak RSS (of the whole child: inputs included).
 //
 //   ms_deform_attn_bench [--iters N] [--threads T]
 #include <cstdio>
@@ -19,6 +19,7 @@
 #include "bench/bench_util.h"
 #include "model/deform_attn.h"
 #include "model/ops/ms_deform_attn.h"
+#include "model/runtime.h"
 
 namespace lpdetr {
 namespace {
@@ -110,7 +111,9 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (threads > 0) at::set_num_threads(threads);
+  // Fast numerics, as the product runs: `threads` ATen threads (0 = all cores).
+  ConfigureProcess(argv, Numerics::kFast);
+  ApplyNumerics(Numerics::kFast, threads);
   if (!child.empty()) return RunChild(child[0], child[1], child[2], iters);
 
   std::printf("ms_deform_attn: fused kernel vs composed (grid_sample), R50 800x1066 shapes\n");

@@ -250,6 +250,39 @@ TEST(MsDeformAttnTest, BadInputsNameTheValue) {
   ExpectError(call(bad), "CPU kernel supports float and double, got Half");
 }
 
+// Forward rows and backward (batch, head, level) tasks are independent, so the
+// results do not depend on the thread count, bit for bit.
+TEST(MsDeformAttnTest, ThreadCountDoesNotChangeResults) {
+  at::manual_seed(7);
+  Inputs in = MakeInputs(2, 300, 4, 32, kShapes, 4, at::kFloat);
+  at::Tensor grad = at::randn({2, 300, 128});
+  auto run = [&] {
+    at::Tensor v = in.value.clone().requires_grad_(true);
+    at::Tensor l = in.loc.clone().requires_grad_(true);
+    at::Tensor a = in.attn.clone().requires_grad_(true);
+    at::Tensor out = ops::MsDeformAttn(v, in.spatial_shapes, in.level_start_index, l, a);
+    out.backward(grad);
+    return std::vector<at::Tensor>{out.detach(), v.grad(), l.grad(), a.grad()};
+  };
+  const int saved = at::get_num_threads();
+  at::set_num_threads(1);
+  const auto serial = run();
+  at::set_num_threads(3);
+  const auto parallel = run();
+  at::set_num_threads(saved);
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(at::equal(serial[i], parallel[i])) << i;
+}
+
+TEST(MsDeformAttnTest, DoubleBackwardSaysUnsupported) {
+  Inputs in = MakeInputs(1, 3, 2, 8, kShapes, 2, at::kDouble, 0.1, 0.9);
+  at::Tensor l = in.loc.clone().requires_grad_(true);
+  at::Tensor out = ops::MsDeformAttn(in.value, in.spatial_shapes, in.level_start_index, l, in.attn);
+  at::Tensor grad_loc =
+      torch::autograd::grad({out.sum()}, {l}, {}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+  ASSERT_TRUE(grad_loc.requires_grad());
+  ExpectError([&] { grad_loc.sum().backward(); }, "double backward is not supported");
+}
+
 // The module gives the same result through the kernel and the composed path.
 TEST(MsDeformAttnTest, ModuleKernelsMatchComposed) {
   at::manual_seed(6);

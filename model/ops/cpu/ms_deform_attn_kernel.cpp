@@ -4,8 +4,9 @@
 // accumulator (float D in {8, 16, 32, 64}: AVX2 registers) gathers the four
 // bilinear corners of every level and point, each a contiguous D-vector
 // value[b, position, h, :].
-// Backward: grad_value is a scatter, so the work is split over (batch, head)
-// pairs, whose grad_value slices are disjoint: no races and no buffers.
+// Backward: grad_value is a scatter, so the work is split over (batch, head,
+// level) triples, whose grad_value slices are disjoint: no races and no
+// buffers; every triple has Nq * P samples, so the split is balanced.
 // grad_locations and grad_weights are dot products of the corner values with
 // grad_output[b, q, h, :].
 #include <algorithm>
@@ -160,41 +161,42 @@ void ForwardRows(const Dims& n, const int64_t* shapes, const int64_t* starts, co
   }
 }
 
+// Backward of the samples of one (batch, head, level): they read and write
+// only that level's slice of value / grad_value for head h, so distinct
+// (b, h, l) never touch the same memory.
 template <typename T, typename Vec>
-void BackwardHead(const Dims& n, const int64_t* shapes, const int64_t* starts, const T* value,
-                  const T* loc, const T* attn, const T* grad_out, T* grad_value, T* grad_loc,
-                  T* grad_attn, int64_t b, int64_t h) {
+void BackwardLevel(const Dims& n, const int64_t* shapes, const int64_t* starts, const T* value,
+                   const T* loc, const T* attn, const T* grad_out, T* grad_value, T* grad_loc,
+                   T* grad_attn, int64_t b, int64_t h, int64_t l) {
   Vec ops(n.dim);
   const int64_t pos_stride = n.heads * n.dim;
+  const int64_t lh = shapes[2 * l], lw = shapes[2 * l + 1];
+  const int64_t level_offset = ((b * n.num_value + starts[l]) * n.heads + h) * n.dim;
+  const T* base = value + level_offset;
+  T* grad_base = grad_value + level_offset;
   for (int64_t q = 0; q < n.num_query; ++q) {
     const int64_t row = b * n.num_query + q;
     const T* g = grad_out + (row * n.heads + h) * n.dim;
-    const int64_t sample0 = (row * n.heads + h) * n.levels * n.points;
-    for (int64_t l = 0; l < n.levels; ++l) {
-      const int64_t lh = shapes[2 * l], lw = shapes[2 * l + 1];
-      const int64_t level_offset = ((b * n.num_value + starts[l]) * n.heads + h) * n.dim;
-      const T* base = value + level_offset;
-      T* grad_base = grad_value + level_offset;
-      for (int64_t p = 0; p < n.points; ++p) {
-        const int64_t s = sample0 + l * n.points + p;
-        Corners<T> c;
-        if (!MakeCorners(loc[2 * s], loc[2 * s + 1], lh, lw, &c)) continue;
-        const T a = attn[s];
-        T dots[4] = {0, 0, 0, 0};  // <corner value, grad_output>
-        for (int k = 0; k < 4; ++k) {
-          if (c.pos[k] < 0) continue;
-          const int64_t off = c.pos[k] * pos_stride;
-          dots[k] = ops.Dot(base + off, g);
-          ops.Axpy(grad_base + off, a * c.weight[k], g);
-        }
-        grad_attn[s] = c.weight[0] * dots[0] + c.weight[1] * dots[1] + c.weight[2] * dots[2] +
-                       c.weight[3] * dots[3];
-        // d(weights)/d(fx), d(weights)/d(fy); pixel = loc * size - 0.5.
-        const T d_fx = (1 - c.fy) * (dots[1] - dots[0]) + c.fy * (dots[3] - dots[2]);
-        const T d_fy = (1 - c.fx) * (dots[2] - dots[0]) + c.fx * (dots[3] - dots[1]);
-        grad_loc[2 * s] = a * static_cast<T>(lw) * d_fx;
-        grad_loc[2 * s + 1] = a * static_cast<T>(lh) * d_fy;
+    const int64_t sample0 = ((row * n.heads + h) * n.levels + l) * n.points;
+    for (int64_t p = 0; p < n.points; ++p) {
+      const int64_t s = sample0 + p;
+      Corners<T> c;
+      if (!MakeCorners(loc[2 * s], loc[2 * s + 1], lh, lw, &c)) continue;
+      const T a = attn[s];
+      T dots[4] = {0, 0, 0, 0};  // <corner value, grad_output>
+      for (int k = 0; k < 4; ++k) {
+        if (c.pos[k] < 0) continue;
+        const int64_t off = c.pos[k] * pos_stride;
+        dots[k] = ops.Dot(base + off, g);
+        ops.Axpy(grad_base + off, a * c.weight[k], g);
       }
+      grad_attn[s] = c.weight[0] * dots[0] + c.weight[1] * dots[1] + c.weight[2] * dots[2] +
+                     c.weight[3] * dots[3];
+      // d(weights)/d(fx), d(weights)/d(fy); pixel = loc * size - 0.5.
+      const T d_fx = (1 - c.fy) * (dots[1] - dots[0]) + c.fy * (dots[3] - dots[2]);
+      const T d_fy = (1 - c.fx) * (dots[2] - dots[0]) + c.fx * (dots[3] - dots[1]);
+      grad_loc[2 * s] = a * static_cast<T>(lw) * d_fx;
+      grad_loc[2 * s + 1] = a * static_cast<T>(lh) * d_fy;
     }
   }
 }
@@ -277,13 +279,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> MsDeformAttnBackwardCpu(
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
     WithVec<scalar_t>(n.dim, [&](auto* vec_tag) {
       using Vec = std::remove_pointer_t<decltype(vec_tag)>;
-      at::parallel_for(0, n.batch * n.heads, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t bh = begin; bh < end; ++bh) {
-          BackwardHead<scalar_t, Vec>(
+      at::parallel_for(0, n.batch * n.heads * n.levels, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t l = task % n.levels, bh = task / n.levels;
+          BackwardLevel<scalar_t, Vec>(
               n, shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(), v.data_ptr<scalar_t>(),
               loc.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
               grad_value.data_ptr<scalar_t>(), grad_loc.data_ptr<scalar_t>(),
-              grad_attn.data_ptr<scalar_t>(), bh / n.heads, bh % n.heads);
+              grad_attn.data_ptr<scalar_t>(), bh / n.heads, bh % n.heads, l);
         }
       });
     });
