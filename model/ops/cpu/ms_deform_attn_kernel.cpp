@@ -47,18 +47,28 @@ class GenericVec {
     for (int64_t d = 0; d < dim_; ++d) acc_[d] += w * v[d];
   }
   void Store(T* out) const { std::copy(acc_.begin(), acc_.end(), out); }
-  void Axpy(T* y, T w, const T* x) const {
-    for (int64_t d = 0; d < dim_; ++d) y[d] += w * x[d];
-  }
-  T Dot(const T* a, const T* b) const {
-    T s = 0;
-    for (int64_t d = 0; d < dim_; ++d) s += a[d] * b[d];
-    return s;
+  // Backward of one sampling point for grad_output g (SetGrad): for each
+  // corner k with value[k] != nullptr, dots[k] = <value[k], g> and
+  // grad_value[k] += weight[k] * g; dots[k] = 0 for the others.
+  void SetGrad(const T* g) { grad_ = g; }
+  void Backward4(const T* const value[4], T* const grad_value[4], const T weight[4],
+                 T dots[4]) const {
+    for (int k = 0; k < 4; ++k) {
+      T s = 0;
+      if (value[k] != nullptr) {
+        for (int64_t d = 0; d < dim_; ++d) {
+          s += value[k][d] * grad_[d];
+          grad_value[k][d] += weight[k] * grad_[d];
+        }
+      }
+      dots[k] = s;
+    }
   }
 
  private:
   int64_t dim_;
   std::vector<T> acc_;
+  const T* grad_ = nullptr;
 };
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -77,26 +87,31 @@ class Avx2Vec {
   void Store(float* out) const {
     for (int r = 0; r < kRegs; ++r) _mm256_storeu_ps(out + 8 * r, acc_[r]);
   }
-  void Axpy(float* y, float w, const float* x) const {
-    const __m256 wv = _mm256_set1_ps(w);
-    for (int r = 0; r < kRegs; ++r) {
-      _mm256_storeu_ps(y + 8 * r,
-                       _mm256_fmadd_ps(_mm256_loadu_ps(x + 8 * r), wv, _mm256_loadu_ps(y + 8 * r)));
-    }
+  // grad_output stays in registers across the samples of one query.
+  void SetGrad(const float* g) {
+    for (int r = 0; r < kRegs; ++r) grad_[r] = _mm256_loadu_ps(g + 8 * r);
   }
-  float Dot(const float* a, const float* b) const {
-    __m256 s = _mm256_setzero_ps();
-    for (int r = 0; r < kRegs; ++r) {
-      s = _mm256_fmadd_ps(_mm256_loadu_ps(a + 8 * r), _mm256_loadu_ps(b + 8 * r), s);
+  void Backward4(const float* const value[4], float* const grad_value[4], const float weight[4],
+                 float dots[4]) const {
+    __m256 s[4];
+    for (int k = 0; k < 4; ++k) {
+      s[k] = _mm256_setzero_ps();
+      if (value[k] == nullptr) continue;
+      const __m256 wv = _mm256_set1_ps(weight[k]);
+      for (int r = 0; r < kRegs; ++r) {
+        s[k] = _mm256_fmadd_ps(_mm256_loadu_ps(value[k] + 8 * r), grad_[r], s[k]);
+        float* gv = grad_value[k] + 8 * r;
+        _mm256_storeu_ps(gv, _mm256_fmadd_ps(grad_[r], wv, _mm256_loadu_ps(gv)));
+      }
     }
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
+    // Four horizontal sums at once: hadd pairs, then fold the 128-bit halves.
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+    _mm_storeu_ps(dots, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
   }
 
  private:
   __m256 acc_[kRegs];
+  __m256 grad_[kRegs];
 };
 #endif
 
@@ -174,22 +189,42 @@ void BackwardLevel(const Dims& n, const int64_t* shapes, const int64_t* starts, 
   const int64_t level_offset = ((b * n.num_value + starts[l]) * n.heads + h) * n.dim;
   const T* base = value + level_offset;
   T* grad_base = grad_value + level_offset;
+  // Consecutive queries of one (b, h, l) are H*L*P samples apart in loc, attn
+  // and their gradients (and H*D apart in grad_output): strides the hardware
+  // prefetcher misses, so fetch a few queries ahead.
+  constexpr int64_t kAhead = 6;
   for (int64_t q = 0; q < n.num_query; ++q) {
     const int64_t row = b * n.num_query + q;
-    const T* g = grad_out + (row * n.heads + h) * n.dim;
+    if (q + kAhead < n.num_query) {
+      const int64_t ahead = ((row + kAhead) * n.heads + h) * n.levels * n.points + l * n.points;
+      __builtin_prefetch(loc + 2 * ahead);
+      __builtin_prefetch(loc + 2 * (ahead + n.points) - 1);
+      __builtin_prefetch(attn + ahead);
+      __builtin_prefetch(grad_loc + 2 * ahead, 1);
+      __builtin_prefetch(grad_attn + ahead, 1);
+      const T* g_ahead = grad_out + ((row + kAhead) * n.heads + h) * n.dim;
+      for (int64_t d = 0; d < n.dim; d += 64 / static_cast<int64_t>(sizeof(T))) {
+        __builtin_prefetch(g_ahead + d);
+      }
+    }
+    ops.SetGrad(grad_out + (row * n.heads + h) * n.dim);
     const int64_t sample0 = ((row * n.heads + h) * n.levels + l) * n.points;
     for (int64_t p = 0; p < n.points; ++p) {
       const int64_t s = sample0 + p;
       Corners<T> c;
       if (!MakeCorners(loc[2 * s], loc[2 * s + 1], lh, lw, &c)) continue;
       const T a = attn[s];
-      T dots[4] = {0, 0, 0, 0};  // <corner value, grad_output>
+      const T* corner_value[4];
+      T* corner_grad[4];
+      T scaled[4];
       for (int k = 0; k < 4; ++k) {
-        if (c.pos[k] < 0) continue;
         const int64_t off = c.pos[k] * pos_stride;
-        dots[k] = ops.Dot(base + off, g);
-        ops.Axpy(grad_base + off, a * c.weight[k], g);
+        corner_value[k] = c.pos[k] >= 0 ? base + off : nullptr;
+        corner_grad[k] = c.pos[k] >= 0 ? grad_base + off : nullptr;
+        scaled[k] = a * c.weight[k];
       }
+      T dots[4];  // <corner value, grad_output>
+      ops.Backward4(corner_value, corner_grad, scaled, dots);
       grad_attn[s] = c.weight[0] * dots[0] + c.weight[1] * dots[1] + c.weight[2] * dots[2] +
                      c.weight[3] * dots[3];
       // d(weights)/d(fx), d(weights)/d(fy); pixel = loc * size - 0.5.
