@@ -6,6 +6,8 @@
 // Each (shape, implementation, pass) runs in its own child process, so its
 // peak RSS is its own. Prints median times of forward and forward+backward,
 // the composed/kernel ratio and peak RSS (of the whole child: inputs included).
+// The `module` row times the whole MultiScaleDeformableAttention module at the
+// encoder shapes (E = 256) with OpBackend::kComposed vs kKernels.
 //
 //   ms_deform_attn_bench [--iters N] [--threads T]
 #include <cstdio>
@@ -65,9 +67,40 @@ at::Tensor Run(const std::string& impl, const at::Tensor& v, const at::Tensor& l
                           : MsDeformAttnComposed(v, kShapes, l, a);
 }
 
+// The whole MultiScaleDeformableAttention module (projections, softmax,
+// sampling-location arithmetic) at the encoder shapes, with the op backend
+// `impl` selects.
+double RunModule(const std::string& impl, const std::string& pass, int iters) {
+  SetOpBackend(impl == "kernel" ? OpBackend::kKernels : OpBackend::kComposed);
+  Case c = MakeCase(/*encoder=*/true);
+  const int64_t nq = c.loc.size(1), embed = kHeads * kDim;
+  MultiScaleDeformableAttention attn(embed, static_cast<int64_t>(kShapes.size()), kHeads,
+                                     kPoints);
+  at::Tensor query = at::randn({1, nq, embed});
+  at::Tensor value = at::randn({1, nq, embed});
+  at::Tensor ref = c.loc.select(2, 0).select(3, 0);  // [1, Nq, L, 2]
+  if (pass == "fwd") {
+    at::NoGradGuard no_grad;
+    return bench::MedianSeconds(
+        [&] { attn->forward(query, ref, value, kShapes, at::Tensor()); }, 1, iters);
+  }
+  query.requires_grad_(true);
+  return bench::MedianSeconds(
+      [&] {
+        attn->zero_grad();
+        query.mutable_grad() = at::Tensor();
+        attn->forward(query, ref, value, kShapes, at::Tensor()).backward(c.grad);
+      },
+      1, iters);
+}
+
 // Child: one configuration; prints the median seconds.
 int RunChild(const std::string& shape, const std::string& impl, const std::string& pass,
              int iters) {
+  if (shape == "module") {
+    std::printf("%.9f\n", RunModule(impl, pass, iters));
+    return 0;
+  }
   Case c = MakeCase(shape == "encoder");
   double seconds = 0;
   if (pass == "fwd") {
@@ -123,7 +156,7 @@ int main(int argc, char** argv) {
   std::printf("%-8s %6s | %11s %11s %6s | %13s %13s %6s | %s\n", "shape", "Nq", "composed ms",
               "kernel ms", "ratio", "composed f+b", "kernel f+b", "ratio",
               "peak RSS MiB (composed/kernel fwd, composed/kernel f+b)");
-  for (const std::string shape : {"encoder", "decoder"}) {
+  for (const std::string shape : {"encoder", "decoder", "module"}) {
     double ms[2][2] = {}, rss[2][2] = {};
     const char* impls[] = {"composed", "kernel"};
     const char* passes[] = {"fwd", "fwdbwd"};
@@ -143,7 +176,7 @@ int main(int argc, char** argv) {
       }
     }
     std::printf("%-8s %6d | %11.2f %11.2f %5.1fx | %13.2f %13.2f %5.1fx | %.0f / %.0f, %.0f / %.0f\n",
-                shape.c_str(), shape == "encoder" ? 18071 : 900, ms[0][0], ms[1][0],
+                shape.c_str(), shape == "decoder" ? 900 : 18071, ms[0][0], ms[1][0],
                 ms[0][0] / ms[1][0], ms[0][1], ms[1][1], ms[0][1] / ms[1][1], rss[0][0],
                 rss[1][0], rss[0][1], rss[1][1]);
   }
