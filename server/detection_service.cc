@@ -332,8 +332,10 @@ grpc::Status DetectionServiceImpl::Detect(grpc::ServerContext* context,
 grpc::Status DetectionServiceImpl::DetectStream(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<DetectResponse, DetectRequest>* stream) {
-  ActiveCall active(this);
+  // A stream counts as in progress (WaitIdle) only while it has frames in
+  // flight, so an idle stream does not hold a shutdown.
   struct Slot {
+    std::unique_ptr<ActiveCall> active;
     std::string request_id;
     bool stop_on_error = false;
     Clock::time_point t0;
@@ -422,6 +424,7 @@ grpc::Status DetectionServiceImpl::DetectStream(
     }
     if (!stream->Read(&request)) break;
     auto slot = std::make_shared<Slot>();
+    slot->active = std::make_unique<ActiveCall>(this);
     slot->t0 = Clock::now();
     slot->request_id = request.request_id();
     slot->stop_on_error = request.stop_on_error();

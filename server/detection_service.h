@@ -52,9 +52,9 @@ class DetectionServiceImpl final : public lpdetr::v1::DetectionService::Service 
 
   // New requests (and new stream frames) get UNAVAILABLE from now on.
   void BeginShutdown() { shutting_down_ = true; }
-  // Waits until no Detect / DetectStream call is in progress, or until
-  // `deadline`; returns the number still in progress. (An idle stream whose
-  // client sends nothing stays in progress until the deadline.)
+  // Waits until no Detect call and no DetectStream frame is in progress, or
+  // until `deadline`; returns the number still in progress. Streams without
+  // frames in flight do not count (the server's Shutdown cancels them).
   int WaitIdle(std::chrono::steady_clock::time_point deadline);
   // Runs every accepted job and stops the workers (after the gRPC server's
   // Shutdown returned).

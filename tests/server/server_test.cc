@@ -613,6 +613,15 @@ TEST_F(ServerTest, SigtermDuringLoadLosesNoAcceptedRequest) {
   ASSERT_TRUE(watch->Read(&hs));
   ASSERT_EQ(hs.status(), grpc::health::v1::HealthCheckResponse::SERVING);
 
+  // An idle stream (one frame answered, then silence) must not hold the exit.
+  auto stub = DetectionService::NewStub(ch);
+  grpc::ClientContext sctx;
+  auto idle = stub->DetectStream(&sctx);
+  ASSERT_TRUE(idle->Write(Request({png_})));
+  DetectResponse first;
+  ASSERT_TRUE(idle->Read(&first));
+  EXPECT_EQ(first.results_size(), 1);
+
   const int n = 12;
   std::vector<grpc::Status> results(n);
   std::vector<std::thread> clients;
@@ -639,6 +648,9 @@ TEST_F(ServerTest, SigtermDuringLoadLosesNoAcceptedRequest) {
   // Done well before the 60 s shutdown deadline: nothing (not even the open
   // health Watch) holds the exit once accepted work is finished.
   EXPECT_EQ(s->WaitExit(45s), 0) << s->Log();
+
+  EXPECT_FALSE(idle->Read(&first));
+  EXPECT_FALSE(idle->Finish().ok());
 
   int ok = 0;
   for (const grpc::Status& st : results) {
