@@ -287,7 +287,12 @@ int Main(int argc, char** argv) {
                                                     absl::GetFlag(FLAGS_grpc_address))),
                 "listen");
   }
-  server->GetHealthCheckService()->SetServingStatus(true);
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  // The server as a whole ("") and each of its services by full name.
+  health->SetServingStatus(true);
+  for (const char* service : {"lpdetr.v1.DetectionService", "lpdetr.v1.ModelService"}) {
+    health->SetServingStatus(service, true);
+  }
   LogEvent(LogLevel::kInfo, "startup",
            {{"grpc_address", absl::GetFlag(FLAGS_grpc_address)},
             {"grpc_port", grpc_port},
@@ -302,7 +307,7 @@ int Main(int argc, char** argv) {
            {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
             {"queued", (*detection)->batcher().QueueDepth()},
             {"timeout_s", shutdown_timeout}});
-  server->GetHealthCheckService()->SetServingStatus(false);
+  health->SetServingStatus(false);  // every service name
   (*detection)->BeginShutdown();
   // Accepted work finishes (the batcher keeps running) while new detection
   // calls get UNAVAILABLE; then the gRPC server stops at once, cancelling

@@ -418,6 +418,14 @@ TEST_F(ServerTest, HealthCheckAndWatch) {
   grpc::health::v1::HealthCheckResponse resp;
   ASSERT_TRUE(stub->Check(&ctx, {}, &resp).ok());
   EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  grpc::ClientContext ctx2;
+  grpc::health::v1::HealthCheckRequest by_name;
+  by_name.set_service("lpdetr.v1.DetectionService");
+  ASSERT_TRUE(stub->Check(&ctx2, by_name, &resp).ok());
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  grpc::ClientContext ctx3;
+  by_name.set_service("no.such.Service");
+  EXPECT_EQ(stub->Check(&ctx3, by_name, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
   grpc::ClientContext wctx;
   wctx.set_deadline(std::chrono::system_clock::now() + 10s);
   auto watch = stub->Watch(&wctx, {});
