@@ -542,6 +542,23 @@ TEST_F(ServerTest, BadInputIsRejectedAndTheServerKeepsServing) {
   EXPECT_TRUE(logged);
 }
 
+TEST_F(ServerTest, LogsAreOneJsonObjectPerLine) {
+  std::istringstream log(server_->Log());
+  std::string line;
+  std::set<std::string> events;
+  int lines = 0;
+  while (std::getline(log, line)) {
+    ++lines;
+    json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    ASSERT_TRUE(j.is_object()) << line;
+    ASSERT_TRUE(j.contains("ts") && j.contains("level") && j.contains("event")) << line;
+    EXPECT_EQ(line.rfind("{\"ts\":", 0), 0u) << line;
+    events.insert(j["event"].get<std::string>());
+  }
+  EXPECT_GE(lines, 3);
+  for (const char* e : {"config", "model_loaded", "startup"}) EXPECT_TRUE(events.count(e)) << e;
+}
+
 TEST_F(ServerTest, RawPixelsGiveTheSameDetectionsAsEncoded) {
   cv::Mat bgr = cv::imdecode(std::vector<unsigned char>(png_->begin(), png_->end()),
                              cv::IMREAD_COLOR);
