@@ -341,7 +341,6 @@ grpc::Status DetectionServiceImpl::DetectStream(
     Clock::time_point t0;
     absl::Status immediate;     // failed before reaching the batcher
     std::shared_ptr<Job> job;   // else: the job
-    absl::Status final_status;  // set by the writer
   };
   std::mutex mu;
   std::condition_variable cv;
