@@ -113,10 +113,28 @@ absl::Status CheckPixels(int64_t width, int64_t height, int64_t max_pixels) {
   return absl::OkStatus();
 }
 
-// A complete JPEG has an end-of-image marker after its first scan; in the
-// entropy-coded data 0xFF is always followed by 0x00 or a restart marker.
+// A complete JPEG has an end-of-image marker after its first scan. The
+// segments before the scan are skipped by their lengths (an EXIF thumbnail
+// carries its own end marker); in the entropy-coded data 0xFF is always
+// followed by 0x00 or a restart marker, so 0xFF 0xD9 there is the real end.
 bool JpegHasEnd(const unsigned char* p, size_t n) {
-  for (size_t i = 2; i + 1 < n; ++i) {
+  size_t i = 2;
+  while (true) {
+    while (i < n && p[i] != 0xFF) ++i;
+    while (i < n && p[i] == 0xFF) ++i;
+    if (i >= n) return false;
+    const unsigned char marker = p[i++];
+    if (marker == 0xD9) return false;  // end before any scan
+    if (marker == 0xD8 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) continue;
+    if (i + 2 > n) return false;
+    const size_t len = Be16(p + i);
+    if (marker == 0xDA) {
+      i += len;
+      break;
+    }
+    i += len;
+  }
+  for (; i + 1 < n; ++i) {
     if (p[i] == 0xFF && p[i + 1] == 0xD9) return true;
   }
   return false;

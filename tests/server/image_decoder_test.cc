@@ -169,6 +169,24 @@ TEST(ImageDecoderTest, TruncatedImagesAreRejected) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(ImageDecoderTest, TruncatedJpegWithAnExifThumbnailIsRejected) {
+  // The APP1 segment carries a complete thumbnail JPEG (with its own end
+  // marker); the main image is cut in half.
+  const std::string thumb = Encode(TestImageBgr(8, 8), ".jpg");
+  const std::string payload = std::string("Exif\0\0", 6) + thumb;
+  std::string app1 = "\xFF\xE1";
+  app1 += static_cast<char>((payload.size() + 2) >> 8);
+  app1 += static_cast<char>((payload.size() + 2) & 0xFF);
+  app1 += payload;
+  const std::string jpeg = Encode(TestImageBgr(64, 64), ".jpg");
+  const std::string with_thumb = jpeg.substr(0, 2) + app1 + jpeg.substr(2);
+  EXPECT_TRUE(DecodeImage(with_thumb, kLimit).ok());
+  const std::string cut = with_thumb.substr(0, 2 + app1.size() + (jpeg.size() - 2) / 2);
+  absl::StatusOr<cv::Mat> rgb = DecodeImage(cut, kLimit);
+  EXPECT_EQ(rgb.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(rgb.status().message().find("truncated"), std::string::npos) << rgb.status();
+}
+
 TEST(ImageDecoderTest, RandomAndEmptyBytesAreRejected) {
   std::mt19937 rng(7);
   std::string noise(4096, '\0');
