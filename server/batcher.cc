@@ -118,7 +118,7 @@ int Batcher::FillableLocked() const {
   return images;
 }
 
-std::vector<TaskPtr> Batcher::TakeBatchLocked() {
+std::vector<Batcher::TaskPtr> Batcher::TakeBatchLocked() {
   std::vector<TaskPtr> batch;
   const int64_t key = queue_.front()->bucket();
   int images = 0;

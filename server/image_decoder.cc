@@ -67,7 +67,7 @@ absl::StatusOr<ImageHeader> WebpHeader(const unsigned char* p, size_t n) {
   if (chunk == "VP8X") {
     return ImageHeader{ImageFormat::kWebp, int64_t{Le24(p + 24)} + 1, int64_t{Le24(p + 27)} + 1};
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown WebP chunk '", chunk, "'"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown WebP chunk '", std::string(chunk), "'"));
 }
 
 absl::StatusOr<ImageHeader> BmpHeader(const unsigned char* p, size_t n) {
