@@ -151,3 +151,29 @@ def make_images(folder, count=3):
         image.save(path, fmt)
         out.append((path, image.size))
     return out
+
+
+def make_certificates(folder):
+    """A CA, a server certificate for localhost / 127.0.0.1 and a client
+    certificate, made with openssl. Returns a dict of PEM paths."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    f = {k: str(folder / k) for k in ("ca.key", "ca.pem", "server.key", "server.csr",
+                                      "server.pem", "client.key", "client.csr",
+                                      "client.pem", "san.cnf")}
+    pathlib.Path(f["san.cnf"]).write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+
+    def ssl(*args):
+        run(["openssl"] + list(args), check=0, timeout=60)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        "/CN=lpdetr-test-ca", "-keyout", f["ca.key"], "-out", f["ca.pem"])
+    for who in ("server", "client"):
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj",
+            "/CN=localhost" if who == "server" else "/CN=lpdetr-test-client",
+            "-keyout", f[who + ".key"], "-out", f[who + ".csr"])
+        ssl("x509", "-req", "-in", f[who + ".csr"], "-CA", f["ca.pem"], "-CAkey", f["ca.key"],
+            "-CAcreateserial", "-days", "2", "-out", f[who + ".pem"],
+            *(["-extfile", f["san.cnf"]] if who == "server" else []))
+    return f
