@@ -8,10 +8,13 @@
 #
 # Usage: bench/load.sh [--build DIR] [--model DIR] [--image FILE]
 #                      [--concurrency "1 8 32"] [--requests N] [--min_size 320]
-#                      [--max_size 480] [--intra_op_threads N] [--output FILE]
+#                      [--max_size 480] [--intra_op_threads N] [--repeat R]
+#                      [--output FILE]
 # Defaults: build/, the converted fixture model build/test_models/lp-detr-tiny
 # (ctest -R convert_fixture_models makes it) at 320/480, tests/data/shapes_sample.png,
-# requests per run = max(N, 4 x concurrency) with N = 24.
+# requests per run = max(N, 4 x concurrency) with N = 24, R = 1. With R > 1
+# the two servers alternate R times per concurrency and the table shows the
+# medians (steadier on a shared machine).
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
 build="$src/build"
@@ -22,6 +25,7 @@ requests=24
 min_size=320
 max_size=480
 intra_op_threads=0
+repeat=1
 output=""
 batch_args=(--max_batch_size=8 --max_queue_delay_us=5000)
 single_args=(--max_batch_size=1 --max_queue_delay_us=0)
@@ -35,8 +39,9 @@ while [ $# -gt 0 ]; do
     --min_size) min_size="$2"; shift 2 ;;
     --max_size) max_size="$2"; shift 2 ;;
     --intra_op_threads) intra_op_threads="$2"; shift 2 ;;
+    --repeat) repeat="$2"; shift 2 ;;
     --output) output="$2"; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "load.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -117,19 +122,23 @@ table="$work/table.md"
        "image $(basename "$image"); $(nproc) cores ($cpu); load average at start:" \
        "$(cut -d' ' -f1-3 /proc/loadavg)."
   echo "Batching: ${batch_args[*]}; no batching: ${single_args[*]}; 1 worker," \
-       "--intra_op_threads $intra_op_threads."
+       "--intra_op_threads $intra_op_threads; medians of $repeat run(s) per cell."
   echo
   echo "| concurrency | batching img/s | p50 ms | p99 ms | mean batch | batch=1 img/s | p50 ms | p99 ms | throughput ratio | p99 ratio |"
   echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 } > "$table"
 for c in $concurrencies; do
-  b="$(bench "$batch_address" "$c")"
-  s="$(bench "$single_address" "$c")"
-  "$python" - "$c" "$b" "$s" >> "$table" <<'PY'
-import sys
-c, b, s = sys.argv[1], dict(kv.split("=") for kv in sys.argv[2].split()), \
-    dict(kv.split("=") for kv in sys.argv[3].split())
-f = lambda d, k: float(d[k])
+  b=(); s=()
+  for _ in $(seq 1 "$repeat"); do
+    b+=("$(bench "$batch_address" "$c")")
+    s+=("$(bench "$single_address" "$c")")
+  done
+  "$python" - "$c" "$(IFS=';'; echo "${b[*]}")" "$(IFS=';'; echo "${s[*]}")" >> "$table" <<'PY'
+import statistics, sys
+def runs(arg):
+    return [dict(kv.split("=") for kv in run.split()) for run in arg.split(";")]
+c, b, s = sys.argv[1], runs(sys.argv[2]), runs(sys.argv[3])
+f = lambda rs, k: statistics.median(float(r[k]) for r in rs)
 print("| %s | %.2f | %.0f | %.0f | %.2f | %.2f | %.0f | %.0f | %.2fx | %.2fx |" % (
     c, f(b, "images_per_s"), f(b, "p50_ms"), f(b, "p99_ms"), f(b, "mean_batch"),
     f(s, "images_per_s"), f(s, "p50_ms"), f(s, "p99_ms"),
