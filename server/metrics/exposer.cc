@@ -22,6 +22,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -56,8 +57,7 @@ absl::Status SplitAddress(const std::string& address, std::string* host, int* po
   if (!address.empty() && address[0] == '[') {
     size_t close = address.find(']');
     if (close == std::string::npos || close + 1 >= address.size() || address[close + 1] != ':') {
-      return absl::InvalidArgumentError("metrics address '" + address +
-                                        "': expected [ipv6]:port");
+      return absl::InvalidArgumentError("metrics address '" + address + "': expected [ipv6]:port");
     }
     *host = address.substr(1, close - 1);
     port_text = address.substr(close + 2);
@@ -74,15 +74,40 @@ absl::Status SplitAddress(const std::string& address, std::string* host, int* po
     }
   }
   if (*host == "*") host->clear();
-  bool digits = !port_text.empty() && port_text.size() <= 5 &&
-                std::all_of(port_text.begin(), port_text.end(),
-                            [](char c) { return c >= '0' && c <= '9'; });
+  bool digits =
+      !port_text.empty() && port_text.size() <= 5 &&
+      std::all_of(port_text.begin(), port_text.end(), [](char c) { return c >= '0' && c <= '9'; });
   if (!digits || std::stoi(port_text) > 65535) {
     return absl::InvalidArgumentError("metrics address '" + address + "': port '" + port_text +
                                       "' is not a number in 0..65535");
   }
   *port = std::stoi(port_text);
   return absl::OkStatus();
+}
+
+// Length of the request head up to and including its empty line; 0 while incomplete.
+size_t HeadLength(const std::string& b) {
+  for (size_t i = b.find('\n'); i != std::string::npos; i = b.find('\n', i + 1)) {
+    if (i + 1 < b.size() && b[i + 1] == '\n') return i + 2;
+    if (i + 2 < b.size() && b[i + 1] == '\r' && b[i + 2] == '\n') return i + 3;
+  }
+  return 0;
+}
+
+// The head's non-empty lines without their CR/LF; never empty (the request line may be "").
+std::vector<std::string> SplitLines(const std::string& head) {
+  std::vector<std::string> lines;
+  size_t start = 0;
+  while (start < head.size()) {
+    size_t end = head.find('\n', start);
+    if (end == std::string::npos) end = head.size();
+    std::string line = head.substr(start, end - start);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty() || lines.empty()) lines.push_back(line);
+    start = end + 1;
+  }
+  if (lines.empty()) lines.emplace_back();
+  return lines;
 }
 
 bool SendAll(int fd, const std::string& data) {
@@ -184,9 +209,9 @@ struct Exposer::Impl {
     std::string buffer;
     char chunk[4096];
     while (!stopping.load()) {
-      // Read one request head.
-      size_t head_end;
-      while ((head_end = buffer.find("\r\n\r\n")) == std::string::npos) {
+      // Read one request head (lines end in CRLF, or a bare LF from hand-typed requests).
+      size_t head_length;
+      while ((head_length = HeadLength(buffer)) == 0) {
         if (buffer.size() > kMaxHeaderBytes) {
           SendAll(fd, RenderResponse(Error(431, "Request Header Fields Too Large"), false, false));
           return;
@@ -197,11 +222,10 @@ struct Exposer::Impl {
         if (n <= 0) return;
         buffer.append(chunk, static_cast<size_t>(n));
       }
-      std::string head = buffer.substr(0, head_end);
-      buffer.erase(0, head_end + 4);
+      std::vector<std::string> lines = SplitLines(buffer.substr(0, head_length));
+      buffer.erase(0, head_length);
 
-      size_t line_end = head.find("\r\n");
-      std::string request_line = head.substr(0, line_end);
+      const std::string& request_line = lines.front();
       size_t sp1 = request_line.find(' ');
       size_t sp2 = sp1 == std::string::npos ? std::string::npos : request_line.find(' ', sp1 + 1);
       if (sp2 == std::string::npos) {
@@ -217,12 +241,8 @@ struct Exposer::Impl {
       }
       bool keep_alive = version != "HTTP/1.0";
       bool has_body = false;
-      size_t pos = line_end;
-      while (pos != std::string::npos && pos < head.size()) {
-        size_t next = head.find("\r\n", pos + 2);
-        std::string line = head.substr(pos + 2, next == std::string::npos ? std::string::npos
-                                                                          : next - pos - 2);
-        pos = next;
+      for (size_t i = 1; i < lines.size(); ++i) {
+        const std::string& line = lines[i];
         size_t colon = line.find(':');
         if (colon == std::string::npos) continue;
         std::string name = Lower(Trim(line.substr(0, colon)));
@@ -277,7 +297,7 @@ struct Exposer::Impl {
       c.fd = fd;
       c.thread = std::thread([this, fd, &c] {
         Serve(fd);
-        std::lock_guard<std::mutex> lock(mu);
+        std::lock_guard<std::mutex> connection_lock(mu);
         ::shutdown(fd, SHUT_RDWR);
         ::close(fd);
         c.fd = -1;
@@ -311,7 +331,9 @@ absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Create(const std::string& addr
   std::string last_error = "no address";
   // The first resolved address that binds wins.
   for (addrinfo* ai = found; ai != nullptr; ai = ai->ai_next) {
-    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    // Non-blocking, so that accept() after poll() cannot block when a client went away.
+    int fd =
+        ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
     if (fd < 0) {
       last_error = ErrnoText(errno);
       continue;
@@ -328,13 +350,14 @@ absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Create(const std::string& addr
   }
   ::freeaddrinfo(found);
   if (impl->listen_fd < 0) {
-    return absl::UnavailableError("metrics address '" + address + "': cannot listen: " + last_error);
+    return absl::UnavailableError("metrics address '" + address +
+                                  "': cannot listen: " + last_error);
   }
   sockaddr_storage bound{};
   socklen_t len = sizeof(bound);
   if (::getsockname(impl->listen_fd, reinterpret_cast<sockaddr*>(&bound), &len) != 0) {
-    return absl::InternalError("metrics address '" + address + "': getsockname: " +
-                               ErrnoText(errno));
+    return absl::InternalError("metrics address '" + address +
+                               "': getsockname: " + ErrnoText(errno));
   }
   impl->port = bound.ss_family == AF_INET6
                    ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)

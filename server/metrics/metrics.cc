@@ -34,7 +34,8 @@ bool IsLabelNameStart(char c) {
 bool IsLabelNameChar(char c) { return IsLabelNameStart(c) || (c >= '0' && c <= '9'); }
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 void ValidateMetricName(const std::string& name) {
@@ -71,10 +72,17 @@ void ValidateLabelName(const std::string& metric, const std::string& label, bool
 void AppendEscapedLabelValue(std::string& out, const std::string& value) {
   for (char c : value) {
     switch (c) {
-      case '\\': out += "\\\\"; break;
-      case '"': out += "\\\""; break;
-      case '\n': out += "\\n"; break;
-      default: out += c;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        out += c;
     }
   }
 }
@@ -83,9 +91,14 @@ void AppendEscapedLabelValue(std::string& out, const std::string& value) {
 void AppendEscapedHelp(std::string& out, const std::string& help) {
   for (char c : help) {
     switch (c) {
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      default: out += c;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        out += c;
     }
   }
 }
@@ -152,8 +165,7 @@ void Histogram::Observe(double v) {
 }
 
 std::vector<double> LatencyBuckets() {
-  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-          60.0};
+  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0};
 }
 
 std::vector<double> LinearBuckets(double start, double width, int count) {
@@ -161,8 +173,9 @@ std::vector<double> LinearBuckets(double start, double width, int count) {
     throw std::invalid_argument("LinearBuckets: count must be >= 1, got " + std::to_string(count));
   }
   if (!(width > 0.0) || !std::isfinite(width) || !std::isfinite(start)) {
-    throw std::invalid_argument("LinearBuckets: width must be finite and > 0 and start finite, got start " +
-                                FormatValue(start) + " width " + FormatValue(width));
+    throw std::invalid_argument(
+        "LinearBuckets: width must be finite and > 0 and start finite, got start " +
+        FormatValue(start) + " width " + FormatValue(width));
   }
   std::vector<double> out;
   out.reserve(count);
@@ -184,13 +197,13 @@ struct Family<T>::State {
 
 template <typename T>
 T& Family<T>::Add(const Labels& labels) {
-  for (const auto& [label, value] : labels) {
-    (void)value;
-    ValidateLabelName(state_->name, label, state_->histogram);
-  }
   std::lock_guard<std::mutex> lock(state_->mu);
   auto it = state_->children.find(labels);
   if (it == state_->children.end()) {
+    // Label names are checked once, when the child is created.
+    for (const auto& label_value : labels) {
+      ValidateLabelName(state_->name, label_value.first, state_->histogram);
+    }
     it = state_->children.emplace(labels, state_->make()).first;
   }
   return *it->second;
@@ -226,8 +239,8 @@ struct Registry::Impl {
     }
     for (const auto& n : names) {
       if (series_names.count(n)) {
-        throw std::invalid_argument("metric name '" + name + "' is already registered or collides with '" +
-                                    n + "'");
+        throw std::invalid_argument("metric name '" + name +
+                                    "' is already registered or collides with '" + n + "'");
       }
     }
     series_names.insert(names.begin(), names.end());
@@ -284,7 +297,8 @@ Family<Histogram>& Registry::AddHistogram(const std::string& name, const std::st
                                   FormatValue(buckets[i]) + " is not finite");
     }
     if (i > 0 && !(buckets[i] > buckets[i - 1])) {
-      throw std::invalid_argument("histogram '" + name + "': bucket bounds must increase strictly, got " +
+      throw std::invalid_argument("histogram '" + name +
+                                  "': bucket bounds must increase strictly, got " +
                                   FormatValue(buckets[i - 1]) + " then " + FormatValue(buckets[i]));
     }
   }
