@@ -157,6 +157,28 @@ struct DetectionServiceImpl::Job : Batcher::Task {
   }
 };
 
+// Counts a call in progress for WaitIdle.
+struct DetectionServiceImpl::ActiveCall {
+  explicit ActiveCall(DetectionServiceImpl* s) : service(s) {
+    std::lock_guard<std::mutex> lock(service->active_mu_);
+    ++service->active_;
+  }
+  ~ActiveCall() {
+    {
+      std::lock_guard<std::mutex> lock(service->active_mu_);
+      --service->active_;
+    }
+    service->active_cv_.notify_all();
+  }
+  DetectionServiceImpl* service;
+};
+
+int DetectionServiceImpl::WaitIdle(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(active_mu_);
+  active_cv_.wait_until(lock, deadline, [&] { return active_ == 0; });
+  return active_;
+}
+
 absl::StatusOr<std::unique_ptr<DetectionServiceImpl>> DetectionServiceImpl::Create(
     const Options& options, const Batcher::Options& batcher_options, ModelRunner* runner,
     ServiceMetrics* metrics) {
@@ -285,6 +307,7 @@ void DetectionServiceImpl::RunBatch(std::vector<Batcher::TaskPtr>& batch) {
 grpc::Status DetectionServiceImpl::Detect(grpc::ServerContext* context,
                                           const DetectRequest* request,
                                           DetectResponse* response) {
+  ActiveCall active(this);
   const Clock::time_point t0 = Clock::now();
   absl::Status status;
   absl::StatusOr<std::shared_ptr<Job>> job = Start(context, *request);
@@ -309,7 +332,10 @@ grpc::Status DetectionServiceImpl::Detect(grpc::ServerContext* context,
 grpc::Status DetectionServiceImpl::DetectStream(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<DetectResponse, DetectRequest>* stream) {
+  // A stream counts as in progress (WaitIdle) only while it has frames in
+  // flight, so an idle stream does not hold a shutdown.
   struct Slot {
+    std::unique_ptr<ActiveCall> active;
     std::string request_id;
     bool stop_on_error = false;
     Clock::time_point t0;
@@ -398,6 +424,7 @@ grpc::Status DetectionServiceImpl::DetectStream(
     }
     if (!stream->Read(&request)) break;
     auto slot = std::make_shared<Slot>();
+    slot->active = std::make_unique<ActiveCall>(this);
     slot->t0 = Clock::now();
     slot->request_id = request.request_id();
     slot->stop_on_error = request.stop_on_error();

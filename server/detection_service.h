@@ -11,6 +11,9 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <memory>
 
 #include <grpcpp/grpcpp.h>
@@ -49,6 +52,10 @@ class DetectionServiceImpl final : public lpdetr::v1::DetectionService::Service 
 
   // New requests (and new stream frames) get UNAVAILABLE from now on.
   void BeginShutdown() { shutting_down_ = true; }
+  // Waits until no Detect call and no DetectStream frame is in progress, or
+  // until `deadline`; returns the number still in progress. Streams without
+  // frames in flight do not count (the server's Shutdown cancels them).
+  int WaitIdle(std::chrono::steady_clock::time_point deadline);
   // Runs every accepted job and stops the workers (after the gRPC server's
   // Shutdown returned).
   void StopBatcher() { batcher_->Stop(); }
@@ -68,6 +75,11 @@ class DetectionServiceImpl final : public lpdetr::v1::DetectionService::Service 
   ServiceMetrics* metrics_;
   std::unique_ptr<Batcher> batcher_;
   std::atomic<bool> shutting_down_{false};
+  // Calls in progress (for WaitIdle).
+  std::mutex active_mu_;
+  std::condition_variable active_cv_;
+  int active_ = 0;
+  struct ActiveCall;
 };
 
 }  // namespace lpdetr::server

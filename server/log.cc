@@ -35,7 +35,10 @@ const char* LevelName(LogLevel level) {
 
 void LogEvent(LogLevel level, std::string_view event, nlohmann::json fields) {
   static std::mutex mu;
-  nlohmann::json line = {{"ts", NowUtc()}, {"level", LevelName(level)}, {"event", event}};
+  nlohmann::ordered_json line;  // ts, level, event first, then the fields
+  line["ts"] = NowUtc();
+  line["level"] = LevelName(level);
+  line["event"] = event;
   if (fields.is_object()) {
     for (auto it = fields.begin(); it != fields.end(); ++it) line[it.key()] = it.value();
   }

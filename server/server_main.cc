@@ -304,10 +304,16 @@ int Main(int argc, char** argv) {
             {"timeout_s", shutdown_timeout}});
   server->GetHealthCheckService()->SetServingStatus(false);
   (*detection)->BeginShutdown();
-  // Waits for in-flight RPCs (their queued work runs meanwhile); past the
-  // deadline the remaining calls are cancelled.
-  server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::microseconds(static_cast<int64_t>(shutdown_timeout * 1e6)));
+  // Accepted work finishes (the batcher keeps running) while new detection
+  // calls get UNAVAILABLE; then the gRPC server stops at once, cancelling
+  // what is left (health Watch streams, idle streams, calls past the
+  // deadline), and the batcher drains and joins.
+  const int left = (*detection)->WaitIdle(
+      stop_start + std::chrono::microseconds(static_cast<int64_t>(shutdown_timeout * 1e6)));
+  if (left > 0) {
+    LogEvent(LogLevel::kWarning, "shutdown_timeout", {{"calls_cancelled", left}});
+  }
+  server->Shutdown(std::chrono::system_clock::now());
   (*detection)->StopBatcher();
   server->Wait();
   exposer.reset();
