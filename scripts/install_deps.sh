@@ -11,7 +11,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libcpp-httplib-dev libssl-dev openssl
+  libabsl-dev libssl-dev openssl curl
   prometheus python3-grpcio python3-protobuf
 )
 
