@@ -64,9 +64,9 @@ inline float Fma(float a, float b, float c) {
 // sqrt(2)), log(1 + f) through s = f / (2 + f) and a degree-8 even
 // polynomial in s. Branch-free so that loops over it vectorise.
 inline float Log(float x) {
-  int32_t ix;
-  std::memcpy(&ix, &x, sizeof ix);
-  ix += 0x3f800000 - 0x3f3504f3;
+  int32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  int32_t ix = bits + (0x3f800000 - 0x3f3504f3);
   const int32_t k = (ix >> 23) - 0x7f;
   ix = (ix & 0x007fffff) + 0x3f3504f3;
   float m;
@@ -80,9 +80,17 @@ inline float Log(float x) {
   const float hfsq = 0.5f * f * f;
   const float dk = static_cast<float>(k);
   const float y = s * (hfsq + (t1 + t2)) + dk * 9.0580006145e-06f - hfsq + f + dk * 6.9313812256e-01f;
-  const float inf = std::numeric_limits<float>::infinity();
-  const float bad = x == inf ? inf : std::numeric_limits<float>::quiet_NaN();
-  return (x > 0.0f && x < inf) ? y : bad;
+  // x <= 0 or NaN -> NaN, +inf -> +inf. Integer masks rather than selects:
+  // GCC does not if-convert float selects here, which would stop vectorisation.
+  const int32_t finite_positive = -static_cast<int32_t>(static_cast<uint32_t>(bits) - 1u < 0x7f7fffffu);
+  const int32_t is_inf = -static_cast<int32_t>(bits == 0x7f800000);
+  int32_t out;
+  std::memcpy(&out, &y, sizeof out);
+  out = (out & finite_positive) | (0x7fc00000 & ~finite_positive);
+  out = (out & ~is_inf) | (bits & is_inf);
+  float result;
+  std::memcpy(&result, &out, sizeof result);
+  return result;
 }
 inline double Log(double x) { return std::log(x); }
 
@@ -262,23 +270,31 @@ inline void EmbedFeature(const Problem<T>& p, const T* x, T (*e)[kTile]) {
   }
 }
 
-// Per-task scratch.
+// 8 lanes of T as a GCC/Clang vector (float: one AVX2 register).
+template <typename T>
+struct Lanes {
+  typedef T V __attribute__((vector_size(8 * sizeof(T))));
+};
+
+// Per-task scratch. The embedding rows are contiguous in the order local 64,
+// medium 64, giou 16 (the backward's H order).
 template <typename T>
 struct Scratch {
   alignas(64) T feat[9][kTile];
-  alignas(64) T local[4 * kDims][kTile];   // E(R_l) / relation-detr's E
-  alignas(64) T medium[4 * kDims][kTile];  // E(R_m)
-  alignas(64) T giou[kDims][kTile];        // E(giou)
-  alignas(64) T mixed[5 * kDims][kTile];   // forward input of the projection
+  alignas(64) T emb[9 * kDims][kTile];    // E(R_l) (relation-detr's E), E(R_m), E(giou)
+  alignas(64) T mixed[5 * kDims][kTile];  // lp-detr: forward input of the projection
+  T (*local())[kTile] { return emb; }
+  T (*medium())[kTile] { return emb + 4 * kDims; }
+  T (*giou())[kTile] { return emb + 8 * kDims; }
 };
 
 // Embeddings of the tile: local (and medium, giou for lp-detr).
 template <typename T>
 void TileEmbed(const Problem<T>& p, Scratch<T>& s) {
-  for (int f = 0; f < 4; ++f) EmbedFeature(p, s.feat[f], s.local + f * kDims);
+  for (int f = 0; f < 4; ++f) EmbedFeature(p, s.feat[f], s.local() + f * kDims);
   if (!p.lp) return;
-  for (int f = 0; f < 4; ++f) EmbedFeature(p, s.feat[4 + f], s.medium + f * kDims);
-  EmbedFeature(p, s.feat[8], s.giou);
+  for (int f = 0; f < 4; ++f) EmbedFeature(p, s.feat[4 + f], s.medium() + f * kDims);
+  EmbedFeature(p, s.feat[8], s.giou());
 }
 
 template <typename T>
@@ -290,35 +306,54 @@ void ForwardRow(const Problem<T>& p, int64_t b, int64_t i, Scratch<T>& s, T* out
   for (int64_t j0 = 0; j0 < p.m; j0 += kTile) {
     TileFeatures(p, tg, bi, j0, s.feat);
     TileEmbed(p, s);
-    const T(*x)[kTile] = s.local;
+    const T(*x)[kTile] = s.local();
     if (p.lp) {
       // alpha0 E(R_l) + alpha1 E(R_m) + alpha2 E(R_g), in the composed order.
       const T a0 = p.alpha[0], a1 = p.alpha[1], a2 = p.alpha[2];
       for (int d = 0; d < 4 * kDims; ++d) {
         const T g = a2 * p.global_embed[d];
-        for (int t = 0; t < kTile; ++t) s.mixed[d][t] = (s.local[d][t] * a0 + s.medium[d][t] * a1) + g;
+        const T* el = s.local()[d];
+        const T* em = s.medium()[d];
+        for (int t = 0; t < kTile; ++t) s.mixed[d][t] = (el[t] * a0 + em[t] * a1) + g;
       }
       for (int d = 0; d < kDims; ++d) {
         for (int t = 0; t < kTile; ++t) {
-          const T e = s.giou[d][t];
+          const T e = s.giou()[d][t];
           s.mixed[4 * kDims + d][t] = (e * a0 + e * a1) + e * a2;
         }
       }
       x = s.mixed;
     }
     const int64_t valid = std::min<int64_t>(kTile, p.m - j0);
-    for (int64_t k = 0; k < p.heads; ++k) {
-      alignas(64) T acc[kTile];
-      const T bk = p.bias[k];
-      for (int t = 0; t < kTile; ++t) acc[t] = bk;
-      const T* w = p.weight + k * p.features;
-      for (int64_t d = 0; d < p.features; ++d) {
-        const T wd = w[d];
-        const T* xd = x[d];
-        for (int t = 0; t < kTile; ++t) acc[t] += wd * xd[t];
+    // Two heads at a time, accumulators in registers (8-lane vectors).
+    using V = typename Lanes<T>::V;
+    constexpr int kVecs = kTile / 8;
+    for (int64_t k = 0; k < p.heads; k += 2) {
+      const bool pair = k + 1 < p.heads;
+      const T* w0 = p.weight + k * p.features;
+      const T* w1 = pair ? w0 + p.features : w0;
+      V acc0[kVecs], acc1[kVecs];
+#pragma GCC unroll 4
+      for (int c = 0; c < kVecs; ++c) {
+        acc0[c] = V{} + p.bias[k];
+        acc1[c] = V{} + p.bias[pair ? k + 1 : k];
       }
-      T* o = row_out + k * plane + j0;
-      for (int64_t t = 0; t < valid; ++t) o[t] = acc[t] < T(0) ? T(0) : acc[t];
+      for (int64_t d = 0; d < p.features; ++d) {
+        const T a = w0[d], b = w1[d];
+#pragma GCC unroll 4
+        for (int c = 0; c < kVecs; ++c) {
+          V xv;
+          std::memcpy(&xv, x[d] + 8 * c, sizeof(V));
+          acc0[c] += a * xv;
+          acc1[c] += b * xv;
+        }
+      }
+      for (int h = 0; h < (pair ? 2 : 1); ++h) {
+        alignas(64) T res[kTile];
+        std::memcpy(res, h == 0 ? acc0 : acc1, sizeof(res));
+        T* o = row_out + (k + h) * plane + j0;
+        for (int64_t t = 0; t < valid; ++t) o[t] = res[t] < T(0) ? T(0) : res[t];
+      }
     }
   }
 }
@@ -393,12 +428,6 @@ void BackwardRow(const Problem<T>& p, int64_t b, int64_t i, const T* grad, const
   const int64_t plane = p.n * p.m;
   const int64_t offset = b * p.heads * plane + i * p.m;
   const int64_t dims = acc.dims;
-  // Rows of the embedding buffers in H order: local 64, medium 64, giou 16.
-  auto row = [&](int64_t d) -> const T* {
-    if (d < 4 * kDims) return s.local[d];
-    if (d < 8 * kDims) return s.medium[d - 4 * kDims];
-    return s.giou[d - 8 * kDims];
-  };
   for (int64_t j0 = 0; j0 < p.m; j0 += kTile) {
     const int64_t valid = std::min<int64_t>(kTile, p.m - j0);
     bool any = false;
@@ -415,21 +444,28 @@ void BackwardRow(const Problem<T>& p, int64_t b, int64_t i, const T* grad, const
     if (!any) continue;
     TileFeatures(p, tg, bi, j0, s.feat);
     TileEmbed(p, s);
+    // lanes[k][d][l] += sum over the tile's columns c = l (mod 8) of gm_k e_d,
+    // in 8-lane vectors (GCC vector extension; float: one AVX2 register).
+    using V = typename Lanes<T>::V;
     for (int64_t k = 0; k < p.heads; ++k) {
       const T* g = gm.data() + k * kTile;
-      T* ls = acc.lane_sum.data() + k * 8;
-      for (int c = 0; c < kTile; c += 8) {
-        for (int l = 0; l < 8; ++l) ls[l] += g[c + l];
-      }
+      V gv[kTile / 8];
+      for (int c = 0; c < kTile / 8; ++c) std::memcpy(&gv[c], g + 8 * c, sizeof(V));
+      V total;
+      std::memcpy(&total, acc.lane_sum.data() + k * 8, sizeof(V));
+      for (int c = 0; c < kTile / 8; ++c) total += gv[c];
+      std::memcpy(acc.lane_sum.data() + k * 8, &total, sizeof(V));
       T* lanes = acc.lanes.data() + k * dims * 8;
       for (int64_t d = 0; d < dims; ++d) {
-        const T* e = row(d);
-        T v[8];
-        for (int l = 0; l < 8; ++l) v[l] = lanes[d * 8 + l];
-        for (int c = 0; c < kTile; c += 8) {
-          for (int l = 0; l < 8; ++l) v[l] += g[c + l] * e[c + l];
+        const T* e = s.emb[d];
+        V v;
+        std::memcpy(&v, lanes + d * 8, sizeof(V));
+        for (int c = 0; c < kTile / 8; ++c) {
+          V ev;
+          std::memcpy(&ev, e + 8 * c, sizeof(V));
+          v += gv[c] * ev;
         }
-        for (int l = 0; l < 8; ++l) lanes[d * 8 + l] = v[l];
+        std::memcpy(lanes + d * 8, &v, sizeof(V));
       }
     }
   }
