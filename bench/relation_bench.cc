@@ -4,7 +4,9 @@
 //
 // Usage: relation_bench [--variant lp-detr|relation-detr] [--sizes 300,900,1500,3000]
 //                       [--batches 1,4] [--iters 5] [--heads 8]
-//                       [--composed-limit-gib 6]
+//                       [--composed-limit-gib 6] [--threads 0]
+// --threads sets the ATen intra-op threads of the measured runs (0: LibTorch's
+// default).
 // Composed runs whose extrapolated memory exceeds --composed-limit-gib are
 // skipped and their estimated need is printed instead. "op MiB" is the peak
 // RSS minus the child's RSS right before the first call (LibTorch, inputs).
@@ -34,6 +36,7 @@ struct Options {
   int iters = 5;
   int64_t heads = 8;
   double composed_limit_gib = 6.0;
+  int threads = 0;
 };
 
 std::vector<int64_t> ParseList(const std::string& s) {
@@ -46,7 +49,8 @@ std::vector<int64_t> ParseList(const std::string& s) {
 
 // Child: one configuration; prints "<median seconds> <baseline MiB>".
 int RunOne(const std::string& variant, const std::string& impl, int64_t n, int64_t b,
-           const std::string& mode, int iters, int64_t heads) {
+           const std::string& mode, int iters, int64_t heads, int threads) {
+  if (threads > 0) at::set_num_threads(threads);
   at::manual_seed(0);
   SetOpBackend(impl == "fused" ? OpBackend::kKernels : OpBackend::kComposed);
   const bool lp = variant == "lp-detr";
@@ -83,7 +87,8 @@ struct Row {
 
 int RunAll(const Options& o) {
   std::printf("relation_bench: variant %s, K = %lld heads, %d ATen threads, median of %d\n",
-              o.variant.c_str(), static_cast<long long>(o.heads), at::get_num_threads(), o.iters);
+              o.variant.c_str(), static_cast<long long>(o.heads),
+              o.threads > 0 ? o.threads : at::get_num_threads(), o.iters);
   std::printf("%6s %3s %-8s | %12s %12s %9s | %10s %10s %10s %10s | %8s %8s\n", "N", "B", "mode",
               "composed s", "fused s", "speedup", "comp peak", "fused peak", "comp op", "fused op",
               "peak x", "op x");
@@ -103,7 +108,7 @@ int RunAll(const Options& o) {
           const int iters = impl == "composed" && pairs > 2e6 ? std::min(o.iters, 3) : o.iters;
           bench::ChildResult c = bench::RunSelf(
               {"--run", o.variant, impl, std::to_string(n), std::to_string(b), mode,
-               std::to_string(iters), std::to_string(o.heads)});
+               std::to_string(iters), std::to_string(o.heads), std::to_string(o.threads)});
           double baseline = 0;
           if (c.exit_code != 0 ||
               std::sscanf(c.output.c_str(), "%lf %lf", &r.seconds, &baseline) != 2) {
@@ -154,9 +159,9 @@ int RunAll(const Options& o) {
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
-  if (!args.empty() && args[0] == "--run" && args.size() == 8) {
+  if (!args.empty() && args[0] == "--run" && args.size() == 9) {
     return lpdetr::RunOne(args[1], args[2], std::stoll(args[3]), std::stoll(args[4]), args[5],
-                          std::stoi(args[6]), std::stoll(args[7]));
+                          std::stoi(args[6]), std::stoll(args[7]), std::stoi(args[8]));
   }
   lpdetr::Options o;
   for (size_t i = 0; i + 1 < args.size(); i += 2) {
@@ -172,6 +177,8 @@ int main(int argc, char** argv) {
       o.iters = std::stoi(v);
     } else if (k == "--heads") {
       o.heads = std::stoll(v);
+    } else if (k == "--threads") {
+      o.threads = std::stoi(v);
     } else if (k == "--composed-limit-gib") {
       o.composed_limit_gib = std::stod(v);
     } else {
