@@ -10,6 +10,10 @@
 // Composed runs whose extrapolated memory exceeds --composed-limit-gib are
 // skipped and their estimated need is printed instead. "op MiB" is the peak
 // RSS minus the child's RSS right before the first call (LibTorch, inputs).
+// glibc's dynamic mmap threshold keeps freed large blocks in the heap, so
+// repeated calls can leave 2-3 dead copies of the output resident; run with
+// MALLOC_MMAP_THRESHOLD_=131072 to see the live allocations only (the fused
+// forward's op memory is then exactly its [B, K, N, M] output).
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
