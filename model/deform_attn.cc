@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 
 #include "model/layers.h"
+#include "model/ops/ms_deform_attn.h"
+#include "model/runtime.h"
 
 namespace lpdetr {
 
@@ -35,6 +37,25 @@ at::Tensor MsDeformAttnComposed(const at::Tensor& value, const SpatialShapes& sh
       {batch * heads, 1, num_query, levels * points});
   at::Tensor out = (at::stack(sampled, -2).flatten(-2) * weights).sum(-1);
   return out.view({batch, heads * dim, num_query}).transpose(1, 2).contiguous();
+}
+
+at::Tensor MsDeformAttnFused(const at::Tensor& value, const SpatialShapes& shapes,
+                             const at::Tensor& sampling_locations,
+                             const at::Tensor& attention_weights) {
+  const int64_t levels = static_cast<int64_t>(shapes.size());
+  at::Tensor spatial_shapes = at::empty({levels, 2}, at::kLong);
+  at::Tensor level_start_index = at::empty({levels}, at::kLong);
+  int64_t* s = spatial_shapes.data_ptr<int64_t>();
+  int64_t* start = level_start_index.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t l = 0; l < levels; ++l) {
+    s[2 * l] = shapes[l][0];
+    s[2 * l + 1] = shapes[l][1];
+    start[l] = total;
+    total += shapes[l][0] * shapes[l][1];
+  }
+  return ops::MsDeformAttn(value, spatial_shapes, level_start_index, sampling_locations,
+                           attention_weights);
 }
 
 MultiScaleDeformableAttentionImpl::MultiScaleDeformableAttentionImpl(int64_t embed_dim,
@@ -75,25 +96,37 @@ at::Tensor MultiScaleDeformableAttentionImpl::forward(const at::Tensor& query,
                            .view({batch, num_query, num_heads_, num_levels_ * num_points_})
                            .softmax(-1)
                            .view({batch, num_query, num_heads_, num_levels_, num_points_});
+  const bool fused = GetOpBackend() == OpBackend::kKernels;
   at::Tensor locations;
   using at::indexing::None;
   using at::indexing::Slice;
   if (reference_points.size(-1) == 2) {
     std::vector<float> norm;
-    for (const auto& s : shapes) norm.insert(norm.end(), {static_cast<float>(s[1]),
-                                                          static_cast<float>(s[0])});
+    for (const auto& s : shapes) {
+      norm.insert(norm.end(), {static_cast<float>(s[1]), static_cast<float>(s[0])});
+    }
     at::Tensor normalizer =
         at::tensor(norm, query.options()).view({1, 1, 1, num_levels_, 1, 2});
-    locations = reference_points.index({Slice(), Slice(), None, Slice(), None, Slice()}) +
-                offsets / normalizer;
+    at::Tensor ref = reference_points.index({Slice(), Slice(), None, Slice(), None, Slice()});
+    // Fused path: one broadcast pass (ref + offsets * 1/size) instead of two
+    // [B, Nq, H, L, P, 2] temporaries.
+    locations = fused ? at::addcmul(ref, offsets, normalizer.reciprocal())
+                      : ref + offsets / normalizer;
   } else {
     TORCH_CHECK(reference_points.size(-1) == 4,
                 "last dim of reference_points must be 2 or 4, got ", reference_points.size(-1));
     at::Tensor ref = reference_points.index({Slice(), Slice(), None, Slice(), None});
-    locations = ref.narrow(-1, 0, 2) + offsets / static_cast<double>(num_points_) *
-                                           ref.narrow(-1, 2, 2) * 0.5;
+    if (fused) {
+      at::Tensor scale = ref.narrow(-1, 2, 2) * (0.5 / static_cast<double>(num_points_));
+      locations = at::addcmul(ref.narrow(-1, 0, 2), offsets, scale);
+    } else {
+      locations = ref.narrow(-1, 0, 2) + offsets / static_cast<double>(num_points_) *
+                                             ref.narrow(-1, 2, 2) * 0.5;
+    }
   }
-  return Linear(output_proj, MsDeformAttnComposed(v, shapes, locations, weights));
+  at::Tensor sampled = fused ? MsDeformAttnFused(v, shapes, locations, weights)
+                             : MsDeformAttnComposed(v, shapes, locations, weights);
+  return Linear(output_proj, sampled);
 }
 
 }  // namespace lpdetr

@@ -23,8 +23,17 @@ at::Tensor MsDeformAttnComposed(const at::Tensor& value, const SpatialShapes& sh
                                 const at::Tensor& sampling_locations,
                                 const at::Tensor& attention_weights);
 
+// The same computation through the fused custom op lpdetr::ms_deform_attn
+// (model/ops/ms_deform_attn.h); `shapes` become its int64 shape tensors.
+at::Tensor MsDeformAttnFused(const at::Tensor& value, const SpatialShapes& shapes,
+                             const at::Tensor& sampling_locations,
+                             const at::Tensor& attention_weights);
+
 // The attention module with the official parameter names
-// (sampling_offsets, attention_weights, value_proj, output_proj).
+// (sampling_offsets, attention_weights, value_proj, output_proj). The sampling
+// runs through the fused op when GetOpBackend() is OpBackend::kKernels
+// (model/runtime.h) and through MsDeformAttnComposed, with the official float
+// operations, when it is kComposed.
 class MultiScaleDeformableAttentionImpl : public torch::nn::Module {
  public:
   MultiScaleDeformableAttentionImpl(int64_t embed_dim, int64_t num_levels, int64_t num_heads,

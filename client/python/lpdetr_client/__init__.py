@@ -1,0 +1,14 @@
+"""Python client of the LP-DETR detection service (lpdetr.v1).
+
+Needs Debian's python3-grpcio and python3-protobuf, and the stubs that the
+build generates with the system protoc into ``build/client/python`` (put that
+folder on PYTHONPATH, or set LPDETR_PYTHON_STUBS to it).
+"""
+from .client import (
+    Client,
+    DetectError,
+    coco_results,
+    detection_dicts,
+)
+
+__all__ = ["Client", "DetectError", "coco_results", "detection_dicts"]

@@ -1,0 +1,459 @@
+#include "server/detection_service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/image_decoder.h"
+#include "server/log.h"
+#include "server/status_util.h"
+
+namespace lpdetr::server {
+
+using Clock = std::chrono::steady_clock;
+using lpdetr::v1::DetectRequest;
+using lpdetr::v1::DetectResponse;
+
+namespace {
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+Clock::time_point DeadlineOf(const grpc::ServerContext* context) {
+  const auto sys_deadline = context->deadline();
+  if (sys_deadline >= std::chrono::system_clock::time_point::max() - std::chrono::hours(24 * 365)) {
+    return Clock::time_point::max();
+  }
+  return Clock::now() + (sys_deadline - std::chrono::system_clock::now());
+}
+
+// Per-request result filter from DetectOptions.
+struct Filter {
+  float score_threshold = 0.3f;
+  int max_detections = 0;
+  std::set<int> classes;  // empty = all
+};
+
+absl::StatusOr<Filter> ParseOptions(const lpdetr::v1::DetectOptions& o, const ModelDescription& m) {
+  Filter f;
+  if (o.has_score_threshold()) {
+    const float t = o.score_threshold();
+    if (!(t >= 0.f && t <= 1.f)) {  // also rejects NaN
+      return absl::InvalidArgumentError(
+          absl::StrCat("options.score_threshold must be in [0, 1], got ", t));
+    }
+    f.score_threshold = t;
+  }
+  if (o.max_detections() < 0 || o.max_detections() > m.num_select) {
+    return absl::InvalidArgumentError(absl::StrCat("options.max_detections must be in [0, ",
+                                                   m.num_select, "], got ", o.max_detections()));
+  }
+  f.max_detections = o.max_detections() == 0 ? m.num_select : o.max_detections();
+  for (int id : o.class_ids()) {
+    if (id < 0 || id >= m.num_classes) {
+      return absl::InvalidArgumentError(absl::StrCat("options.class_ids: ", id, " is not in [0, ",
+                                                     m.num_classes, ")"));
+    }
+    f.classes.insert(id);
+  }
+  for (const std::string& name : o.class_names()) {
+    bool found = false;
+    for (int i = 0; i < m.num_classes; ++i) {
+      if (m.classes[i] == name) {
+        f.classes.insert(i);
+        found = true;
+      }
+    }
+    if (!found) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("options.class_names: unknown class '", name, "'"));
+    }
+  }
+  return f;
+}
+
+absl::StatusOr<cv::Mat> DecodeOne(const lpdetr::v1::Image& image, int64_t max_pixels) {
+  if (image.has_raw()) {
+    const auto& raw = image.raw();
+    RawFormat format;
+    switch (raw.format()) {
+      case lpdetr::v1::PIXEL_FORMAT_RGB8: format = RawFormat::kRgb8; break;
+      case lpdetr::v1::PIXEL_FORMAT_BGR8: format = RawFormat::kBgr8; break;
+      case lpdetr::v1::PIXEL_FORMAT_GRAY8: format = RawFormat::kGray8; break;
+      case lpdetr::v1::PIXEL_FORMAT_RGBA8: format = RawFormat::kRgba8; break;
+      default:
+        return absl::InvalidArgumentError(
+            absl::StrCat("raw image has no valid pixel format (", raw.format(), ")"));
+    }
+    return DecodeRaw(raw.pixels(), raw.width(), raw.height(), format, max_pixels);
+  }
+  return DecodeImage(image.data(), max_pixels);
+}
+
+}  // namespace
+
+// One request (or stream frame) travelling through the batcher.
+struct DetectionServiceImpl::Job : Batcher::Task {
+  std::vector<PreparedImage> images;
+  std::vector<std::string> image_ids;
+  Filter filter;
+  std::string request_id;
+
+  // Completion, written by a worker or Drop.
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  absl::Status status;
+  DetectResponse response;
+  // Cancellation: the handler's context, valid until `abandoned` is set.
+  grpc::ServerContext* context = nullptr;
+  bool abandoned = false;
+
+  int size() const override { return static_cast<int>(images.size()); }
+  int64_t bucket() const override { return images.front().bucket; }
+  bool cancelled() const override {
+    std::lock_guard<std::mutex> lock(mu);
+    return abandoned || (context != nullptr && context->IsCancelled());
+  }
+  void Drop(const absl::Status& s) override { Complete(s); }
+  // The handler no longer waits: never touch its context again.
+  void Abandon() {
+    std::lock_guard<std::mutex> lock(mu);
+    abandoned = true;
+  }
+
+  void Complete(const absl::Status& s) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      done = true;
+      status = s;
+    }
+    cv.notify_all();
+  }
+  // Waits for completion, the deadline or cancellation; afterwards the job no
+  // longer touches the context.
+  absl::Status Wait() {
+    std::unique_lock<std::mutex> lock(mu);
+    while (!done) {
+      if (context->IsCancelled()) {
+        abandoned = true;
+        return absl::CancelledError("request cancelled by the client");
+      }
+      const Clock::time_point now = Clock::now();
+      if (now >= deadline) {
+        abandoned = true;
+        return absl::DeadlineExceededError("deadline exceeded before the result was ready");
+      }
+      cv.wait_until(lock, std::min(deadline, now + std::chrono::milliseconds(20)));
+    }
+    abandoned = true;
+    return status;
+  }
+};
+
+// Counts a call in progress for WaitIdle.
+struct DetectionServiceImpl::ActiveCall {
+  explicit ActiveCall(DetectionServiceImpl* s) : service(s) {
+    std::lock_guard<std::mutex> lock(service->active_mu_);
+    ++service->active_;
+  }
+  ~ActiveCall() {
+    {
+      std::lock_guard<std::mutex> lock(service->active_mu_);
+      --service->active_;
+    }
+    service->active_cv_.notify_all();
+  }
+  DetectionServiceImpl* service;
+};
+
+int DetectionServiceImpl::WaitIdle(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(active_mu_);
+  active_cv_.wait_until(lock, deadline, [&] { return active_ == 0; });
+  return active_;
+}
+
+absl::StatusOr<std::unique_ptr<DetectionServiceImpl>> DetectionServiceImpl::Create(
+    const Options& options, const Batcher::Options& batcher_options, ModelRunner* runner,
+    ServiceMetrics* metrics) {
+  if (options.max_images_per_request < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_images_per_request must be >= 1, got ",
+                                                   options.max_images_per_request));
+  }
+  if (options.max_image_pixels < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_image_pixels must be >= 1, got ", options.max_image_pixels));
+  }
+  if (options.stream_window < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stream_window must be >= 1, got ", options.stream_window));
+  }
+  std::unique_ptr<DetectionServiceImpl> service(
+      new DetectionServiceImpl(options, runner, metrics));
+  DetectionServiceImpl* self = service.get();
+  auto batcher = Batcher::Create(
+      batcher_options, [self](std::vector<Batcher::TaskPtr>& batch) { self->RunBatch(batch); });
+  if (!batcher.ok()) return batcher.status();
+  service->batcher_ = std::move(*batcher);
+  return service;
+}
+
+DetectionServiceImpl::DetectionServiceImpl(const Options& options, ModelRunner* runner,
+                                           ServiceMetrics* metrics)
+    : options_(options), runner_(runner), metrics_(metrics) {}
+
+DetectionServiceImpl::~DetectionServiceImpl() {
+  if (batcher_) batcher_->Stop();
+}
+
+absl::StatusOr<std::shared_ptr<DetectionServiceImpl::Job>> DetectionServiceImpl::Start(
+    grpc::ServerContext* context, const DetectRequest& request) {
+  if (shutting_down_) return absl::UnavailableError("server is shutting down");
+  const ModelDescription& model = runner_->description();
+  if (!request.model().empty() && request.model() != model.name) {
+    return absl::NotFoundError(absl::StrCat("model '", request.model(),
+                                            "' is not loaded (this server has '", model.name,
+                                            "')"));
+  }
+  if (request.images_size() == 0) {
+    return absl::InvalidArgumentError("request has no images");
+  }
+  if (request.images_size() > options_.max_images_per_request) {
+    return absl::InvalidArgumentError(absl::StrCat("request has ", request.images_size(),
+                                                   " images, more than the limit of ",
+                                                   options_.max_images_per_request));
+  }
+  absl::StatusOr<Filter> filter = ParseOptions(request.options(), model);
+  if (!filter.ok()) return filter.status();
+  auto job = std::make_shared<Job>();
+  job->filter = *filter;
+  job->request_id = request.request_id();
+  job->context = context;
+  job->deadline = DeadlineOf(context);
+  for (int i = 0; i < request.images_size(); ++i) {
+    absl::StatusOr<cv::Mat> rgb = DecodeOne(request.images(i), options_.max_image_pixels);
+    if (!rgb.ok()) {
+      return absl::Status(rgb.status().code(),
+                          absl::StrCat("image ", i, ": ", rgb.status().message()));
+    }
+    job->images.push_back(runner_->Prepare(*rgb));
+    job->image_ids.push_back(request.images(i).id());
+  }
+  absl::Status submitted = batcher_->Submit(job);
+  metrics_->SetQueueDepth(batcher_->QueueDepth());
+  if (!submitted.ok()) return submitted;
+  return job;
+}
+
+void DetectionServiceImpl::RunBatch(std::vector<Batcher::TaskPtr>& batch) {
+  const Clock::time_point start = Clock::now();
+  metrics_->SetQueueDepth(batcher_->QueueDepth());
+  std::vector<const PreparedImage*> images;
+  for (const Batcher::TaskPtr& task : batch) {
+    for (const PreparedImage& im : static_cast<Job&>(*task).images) images.push_back(&im);
+  }
+  auto result = runner_->Run(images);
+  const double inference = Seconds(Clock::now() - start);
+  metrics_->ObserveBatch(static_cast<int>(images.size()), inference);
+  if (!result.ok()) {
+    LogEvent(LogLevel::kError, "inference_error", {{"error", result.status().ToString()}});
+  }
+  const ModelDescription& model = runner_->description();
+  size_t k = 0;
+  for (const Batcher::TaskPtr& task : batch) {
+    Job& job = static_cast<Job&>(*task);
+    metrics_->ObserveQueue(Seconds(start - job.enqueued));
+    if (!result.ok()) {
+      job.Complete(result.status());
+      continue;
+    }
+    DetectResponse& r = job.response;
+    r.set_request_id(job.request_id);
+    r.set_model(model.name);
+    r.set_model_version(model.version);
+    r.mutable_timing()->set_queue_seconds(Seconds(start - job.enqueued));
+    r.mutable_timing()->set_inference_seconds(inference);
+    r.mutable_timing()->set_batch_size(static_cast<int>(images.size()));
+    for (size_t i = 0; i < job.images.size(); ++i, ++k) {
+      lpdetr::v1::ImageDetections* out = r.add_results();
+      out->set_width(static_cast<int>(job.images[i].width));
+      out->set_height(static_cast<int>(job.images[i].height));
+      out->set_id(job.image_ids[i]);
+      for (const RawDetection& d : (*result)[k]) {
+        if (out->detections_size() >= job.filter.max_detections) break;
+        if (d.score < job.filter.score_threshold) break;  // sorted by score
+        if (!job.filter.classes.empty() && !job.filter.classes.count(d.label)) continue;
+        lpdetr::v1::Detection* det = out->add_detections();
+        det->mutable_box()->set_x_min(d.x_min);
+        det->mutable_box()->set_y_min(d.y_min);
+        det->mutable_box()->set_x_max(d.x_max);
+        det->mutable_box()->set_y_max(d.y_max);
+        det->set_score(d.score);
+        det->set_label_id(d.label);
+        det->set_label(d.label >= 0 && d.label < model.num_classes ? model.classes[d.label]
+                                                                   : "class_" + std::to_string(d.label));
+      }
+    }
+    job.Complete(absl::OkStatus());
+  }
+}
+
+grpc::Status DetectionServiceImpl::Detect(grpc::ServerContext* context,
+                                          const DetectRequest* request,
+                                          DetectResponse* response) {
+  ActiveCall active(this);
+  const Clock::time_point t0 = Clock::now();
+  absl::Status status;
+  absl::StatusOr<std::shared_ptr<Job>> job = Start(context, *request);
+  if (!job.ok()) {
+    status = job.status();
+  } else {
+    status = (*job)->Wait();
+    if (status.ok()) response->Swap(&(*job)->response);
+  }
+  metrics_->CountRequest("Detect", status.code(), Seconds(Clock::now() - t0));
+  if (!status.ok()) {
+    LogEvent(LogLevel::kWarning, "request_error",
+             {{"method", "Detect"},
+              {"request_id", request->request_id()},
+              {"peer", context->peer()},
+              {"code", CodeName(status.code())},
+              {"error", std::string(status.message())}});
+  }
+  return ToGrpcStatus(status);
+}
+
+grpc::Status DetectionServiceImpl::DetectStream(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<DetectResponse, DetectRequest>* stream) {
+  // A stream counts as in progress (WaitIdle) only while it has frames in
+  // flight, so an idle stream does not hold a shutdown.
+  struct Slot {
+    std::unique_ptr<ActiveCall> active;
+    std::string request_id;
+    bool stop_on_error = false;
+    Clock::time_point t0;
+    absl::Status immediate;     // failed before reaching the batcher
+    std::shared_ptr<Job> job;   // else: the job
+  };
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::shared_ptr<Slot>> window;
+  bool reading_done = false;
+  bool stop = false;            // writer hit a stop_on_error failure / write failed
+  absl::Status end_status;      // the stream's final status when stopped
+
+  // With mu held: drops every slot, detaching their jobs from the context.
+  auto clear_window = [&] {
+    for (auto& s : window) {
+      if (s->job) s->job->Abandon();
+    }
+    window.clear();
+  };
+  auto finish_slot = [&](Slot& slot) -> absl::Status {
+    if (!slot.immediate.ok()) return slot.immediate;
+    return slot.job->Wait();
+  };
+
+  std::thread writer([&] {
+    while (true) {
+      std::shared_ptr<Slot> slot;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return !window.empty() || reading_done; });
+        if (window.empty()) return;
+        slot = window.front();
+      }
+      absl::Status s = finish_slot(*slot);
+      metrics_->CountRequest("DetectStream", s.code(), Seconds(Clock::now() - slot->t0));
+      bool ok_write = true;
+      if (s.ok()) {
+        ok_write = stream->Write(slot->job->response);
+      } else {
+        LogEvent(LogLevel::kWarning, "request_error",
+                 {{"method", "DetectStream"},
+                  {"request_id", slot->request_id},
+                  {"peer", context->peer()},
+                  {"code", CodeName(s.code())},
+                  {"error", std::string(s.message())}});
+        if (slot->stop_on_error || context->IsCancelled()) {
+          std::lock_guard<std::mutex> lock(mu);
+          stop = true;
+          end_status = s;
+          clear_window();
+          cv.notify_all();
+          return;
+        }
+        DetectResponse r;
+        r.set_request_id(slot->request_id);
+        r.mutable_error()->set_code(static_cast<int>(s.code()));
+        r.mutable_error()->set_message(std::string(s.message()));
+        ok_write = stream->Write(r);
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      window.pop_front();
+      if (!ok_write) {
+        stop = true;
+        end_status = absl::CancelledError("stream closed by the client");
+        clear_window();
+      }
+      cv.notify_all();
+      if (stop) return;
+    }
+  });
+
+  DetectRequest request;
+  while (true) {
+    {
+      // Back-pressure: read the next frame only when the window has room.
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return stop || static_cast<int>(window.size()) < options_.stream_window; });
+      if (stop) break;
+    }
+    if (shutting_down_) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!stop) end_status = absl::UnavailableError("server is shutting down");
+      break;
+    }
+    if (!stream->Read(&request)) break;
+    auto slot = std::make_shared<Slot>();
+    slot->active = std::make_unique<ActiveCall>(this);
+    slot->t0 = Clock::now();
+    slot->request_id = request.request_id();
+    slot->stop_on_error = request.stop_on_error();
+    absl::StatusOr<std::shared_ptr<Job>> job = Start(context, request);
+    if (job.ok()) {
+      slot->job = *job;
+    } else {
+      slot->immediate = job.status();
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      window.push_back(slot);
+    }
+    cv.notify_all();
+    if (slot->stop_on_error) {
+      // Await this frame before reading on, so a failure ends the stream here.
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] {
+        return stop || std::find(window.begin(), window.end(), slot) == window.end();
+      });
+      if (stop) break;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    reading_done = true;
+  }
+  cv.notify_all();
+  writer.join();
+  return ToGrpcStatus(end_status);
+}
+
+}  // namespace lpdetr::server

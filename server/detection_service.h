@@ -1,0 +1,85 @@
+// DetectionService (lpdetr.v1): Detect and DetectStream on the synchronous
+// gRPC API. The gRPC thread validates the request, decodes and preprocesses
+// its images and submits one job to the Batcher; an inference worker runs the
+// batch and completes the job; the gRPC thread answers. Data flows one way.
+//
+// DetectStream reads a frame only when fewer than `stream_window` frames are
+// in flight (back-pressure), writes results in frame order from a writer
+// thread, answers a failed frame with DetectResponse.error and goes on, or
+// ends the stream with the frame's error when its stop_on_error is set (such
+// a frame is awaited before the next one is read).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <memory>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "lpdetr/v1/detection.grpc.pb.h"
+#include "server/batcher.h"
+#include "server/model_runner.h"
+#include "server/service_metrics.h"
+
+namespace lpdetr::server {
+
+class DetectionServiceImpl final : public lpdetr::v1::DetectionService::Service {
+ public:
+  struct Options {
+    // Most images in one DetectRequest (>= 1).
+    int max_images_per_request = 16;
+    // Largest width * height of one image, checked before decoding (>= 1).
+    int64_t max_image_pixels = 50'000'000;
+    // DetectStream frames in flight per stream (>= 1).
+    int stream_window = 4;
+  };
+
+  // `runner` and `metrics` must outlive the service.
+  static absl::StatusOr<std::unique_ptr<DetectionServiceImpl>> Create(
+      const Options& options, const Batcher::Options& batcher_options, ModelRunner* runner,
+      ServiceMetrics* metrics);
+  ~DetectionServiceImpl() override;
+
+  grpc::Status Detect(grpc::ServerContext* context, const lpdetr::v1::DetectRequest* request,
+                      lpdetr::v1::DetectResponse* response) override;
+  grpc::Status DetectStream(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<lpdetr::v1::DetectResponse, lpdetr::v1::DetectRequest>* stream)
+      override;
+
+  // New requests (and new stream frames) get UNAVAILABLE from now on.
+  void BeginShutdown() { shutting_down_ = true; }
+  // Waits until no Detect call and no DetectStream frame is in progress, or
+  // until `deadline`; returns the number still in progress. Streams without
+  // frames in flight do not count (the server's Shutdown cancels them).
+  int WaitIdle(std::chrono::steady_clock::time_point deadline);
+  // Runs every accepted job and stops the workers (after the gRPC server's
+  // Shutdown returned).
+  void StopBatcher() { batcher_->Stop(); }
+
+  Batcher& batcher() { return *batcher_; }
+
+ private:
+  struct Job;
+  DetectionServiceImpl(const Options& options, ModelRunner* runner, ServiceMetrics* metrics);
+  // Validates, decodes and submits; the job completes asynchronously.
+  absl::StatusOr<std::shared_ptr<Job>> Start(grpc::ServerContext* context,
+                                             const lpdetr::v1::DetectRequest& request);
+  void RunBatch(std::vector<Batcher::TaskPtr>& batch);
+
+  const Options options_;
+  ModelRunner* runner_;
+  ServiceMetrics* metrics_;
+  std::unique_ptr<Batcher> batcher_;
+  std::atomic<bool> shutting_down_{false};
+  // Calls in progress (for WaitIdle).
+  std::mutex active_mu_;
+  std::condition_variable active_cv_;
+  int active_ = 0;
+  struct ActiveCall;
+};
+
+}  // namespace lpdetr::server

@@ -1,0 +1,45 @@
+#include "server/service_metrics.h"
+
+#include "server/model_runner.h"
+#include "server/status_util.h"
+
+namespace lpdetr::server {
+
+ServiceMetrics::ServiceMetrics(std::shared_ptr<metrics::Registry> registry,
+                               const ModelDescription& model)
+    : registry_(std::move(registry)) {
+  metrics::Registry& r = *registry_;
+  requests_ = &r.AddCounter("lpdetr_requests_total",
+                            "RPCs (DetectStream: frames) by method and gRPC status code");
+  request_duration_ = &r.AddHistogram("lpdetr_request_duration_seconds",
+                                      "Server-side request latency by method",
+                                      metrics::LatencyBuckets());
+  queue_ = &r.AddHistogram("lpdetr_queue_duration_seconds",
+                           "Time requests wait in the batching queue", metrics::LatencyBuckets())
+                .Add({});
+  inference_ = &r.AddHistogram("lpdetr_inference_duration_seconds",
+                               "Model inference time per batch", metrics::LatencyBuckets())
+                    .Add({});
+  batch_size_ = &r.AddHistogram("lpdetr_batch_size", "Images per inference batch",
+                                metrics::LinearBuckets(1, 1, 32))
+                     .Add({});
+  queue_depth_ = &r.AddGauge("lpdetr_queue_depth", "Requests waiting in the batching queue").Add({});
+  images_ = &r.AddCounter("lpdetr_images_processed_total", "Images run through the model").Add({});
+  r.AddGauge("lpdetr_model_info", "The served model (value 1)")
+      .Add({{"name", model.name}, {"variant", model.variant}, {"version", model.version}})
+      .Set(1);
+}
+
+void ServiceMetrics::CountRequest(const std::string& method, absl::StatusCode code,
+                                  double seconds) {
+  requests_->Add({{"method", method}, {"code", CodeName(code)}}).Increment();
+  request_duration_->Add({{"method", method}}).Observe(seconds);
+}
+
+void ServiceMetrics::ObserveBatch(int images, double seconds) {
+  inference_->Observe(seconds);
+  batch_size_->Observe(images);
+  images_->Increment(images);
+}
+
+}  // namespace lpdetr::server

@@ -1,0 +1,45 @@
+// The service's Prometheus metrics (names and labels in one place):
+//   lpdetr_requests_total{method,code}          counter, one per RPC (per frame
+//                                                for DetectStream)
+//   lpdetr_request_duration_seconds{method}     histogram, handler latency
+//   lpdetr_queue_duration_seconds               histogram, time in the batcher
+//   lpdetr_inference_duration_seconds           histogram, one per batch
+//   lpdetr_batch_size                           histogram, images per batch
+//   lpdetr_queue_depth                          gauge, requests waiting
+//   lpdetr_images_processed_total               counter
+//   lpdetr_model_info{name,variant,version}     gauge = 1
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "server/metrics/metrics.h"
+
+namespace lpdetr::server {
+
+struct ModelDescription;
+
+class ServiceMetrics {
+ public:
+  ServiceMetrics(std::shared_ptr<metrics::Registry> registry, const ModelDescription& model);
+
+  void CountRequest(const std::string& method, absl::StatusCode code, double seconds);
+  void ObserveQueue(double seconds) { queue_->Observe(seconds); }
+  void ObserveBatch(int images, double seconds);
+  void SetQueueDepth(int depth) { queue_depth_->Set(depth); }
+
+  const std::shared_ptr<metrics::Registry>& registry() const { return registry_; }
+
+ private:
+  std::shared_ptr<metrics::Registry> registry_;
+  metrics::Family<metrics::Counter>* requests_;
+  metrics::Family<metrics::Histogram>* request_duration_;
+  metrics::Histogram* queue_;
+  metrics::Histogram* inference_;
+  metrics::Histogram* batch_size_;
+  metrics::Gauge* queue_depth_;
+  metrics::Counter* images_;
+};
+
+}  // namespace lpdetr::server

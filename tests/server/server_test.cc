@@ -1,0 +1,785 @@
+// End-to-end tests of the real lpdetr-server binary on 127.0.0.1 (ports
+// picked by the server: port 0, read back from its "startup" log line),
+// through generated C++ stubs: Detect / DetectStream round trips, ModelService,
+// health (Check, Watch), reflection, /metrics (checked by promtool), every bad
+// input of issue 4 item 8, overload, deadlines and cancellation, graceful
+// shutdown under load, TLS and mutual TLS with certificates made by openssl.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/credentials.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "health.grpc.pb.h"
+#include "lpdetr/v1/detection.grpc.pb.h"
+#include "lpdetr/v1/model.grpc.pb.h"
+#include "reflection.grpc.pb.h"
+#include "tests/test_paths.h"
+
+namespace lpdetr::server {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using lpdetr::v1::DetectionService;
+using lpdetr::v1::DetectRequest;
+using lpdetr::v1::DetectResponse;
+using nlohmann::json;
+
+std::string ReadAll(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// One lpdetr-server child process with its log file.
+class ServerProcess {
+ public:
+  ~ServerProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  // Starts the server and waits for its startup line (false on failure).
+  bool Start(const std::vector<std::string>& extra, const fs::path& log) {
+    log_ = log;
+    std::vector<std::string> args = {testing_paths::BinDir() + "/lpdetr-server",
+                                     "--grpc_address=127.0.0.1:0",
+                                     "--metrics_address=127.0.0.1:0", "--intra_op_threads=2"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    pid_ = fork();
+    if (pid_ == 0) {
+      const int fd = ::open(log.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
+      dup2(fd, 2);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    const auto until = std::chrono::steady_clock::now() + 120s;
+    while (std::chrono::steady_clock::now() < until) {
+      for (const json& e : Events()) {
+        if (e.value("event", "") == "startup") {
+          grpc_port_ = e["grpc_port"].get<int>();
+          metrics_port_ = e["metrics_port"].get<int>();
+          return true;
+        }
+        if (e.value("event", "") == "startup_failed") return false;
+      }
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return false;
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  }
+
+  std::vector<json> Events() const {
+    std::vector<json> out;
+    std::ifstream in(log_);
+    std::string line;
+    while (std::getline(in, line)) {
+      json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_object()) out.push_back(j);
+    }
+    return out;
+  }
+  std::string Log() const { return ReadAll(log_); }
+
+  void Signal(int sig) { kill(pid_, sig); }
+  // Exit code, or -1 when it does not exit in time (it is then killed).
+  int WaitExit(std::chrono::seconds timeout) {
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < until) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    return -1;
+  }
+
+  std::string target() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
+  int metrics_port() const { return metrics_port_; }
+  std::shared_ptr<grpc::Channel> Channel() const {
+    return grpc::CreateChannel(target(), grpc::InsecureChannelCredentials());
+  }
+
+ private:
+  pid_t pid_ = -1;
+  fs::path log_;
+  int grpc_port_ = 0, metrics_port_ = 0;
+};
+
+// GET http://127.0.0.1:port/path -> body ("" on failure).
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return "";
+  }
+  const std::string req = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  (void)!write(fd, req.data(), req.size());
+  std::string resp;
+  char buf[8192];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, n);
+  close(fd);
+  const size_t body = resp.find("\r\n\r\n");
+  return body == std::string::npos ? "" : resp.substr(body + 4);
+}
+
+int Shell(const std::string& cmd) {
+  const int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const fs::path src = fs::path(testing_paths::TestModelsDir()) / "lp-detr-tiny";
+    if (!fs::exists(src / "config.json")) return;  // tests skip
+    dir_ = new fs::path(fs::temp_directory_path() /
+                        ("lpdetr_server_test_" + std::to_string(getpid())));
+    fs::create_directories(*dir_ / "model");
+    fs::copy(src, *dir_ / "model", fs::copy_options::recursive);
+    // Small inputs keep inference fast on a shared CPU.
+    json config = json::parse(ReadAll(*dir_ / "model" / "config.json"));
+    config["min_size"] = 256;
+    config["max_size"] = 384;
+    std::ofstream(*dir_ / "model" / "config.json") << config.dump(2);
+
+    cv::Mat sample = cv::imread(testing_paths::SourceDir() + "/tests/data/shapes_sample.png");
+    ASSERT_FALSE(sample.empty());
+    std::vector<unsigned char> buf;
+    cv::imencode(".png", sample, buf);
+    png_ = new std::string(buf.begin(), buf.end());
+    cv::Mat small;
+    cv::resize(sample, small, cv::Size(), 0.5, 0.7);
+    cv::imencode(".jpg", small, buf);
+    jpeg_ = new std::string(buf.begin(), buf.end());
+    sample_size_ = new cv::Size(sample.cols, sample.rows);
+    jpeg_size_ = new cv::Size(small.cols, small.rows);
+
+    server_ = new ServerProcess();
+    ASSERT_TRUE(server_->Start({"--model_dir=" + (*dir_ / "model").string(),
+                                "--max_images_per_request=4", "--max_message_bytes=1048576",
+                                "--max_image_pixels=4000000", "--max_batch_size=4",
+                                "--max_queue_delay_us=1000"},
+                               *dir_ / "main.log"))
+        << server_->Log();
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+    if (dir_) fs::remove_all(*dir_);
+  }
+  void SetUp() override {
+    if (!dir_) GTEST_SKIP() << "no converted fixture model (fixture_models did not run)";
+  }
+
+  static ServerProcess* StartServer(const std::string& name, std::vector<std::string> flags) {
+    auto* s = new ServerProcess();
+    flags.push_back("--model_dir=" + (*dir_ / "model").string());
+    EXPECT_TRUE(s->Start(flags, *dir_ / (name + ".log"))) << s->Log();
+    return s;
+  }
+
+  static DetectRequest Request(std::vector<const std::string*> images, float threshold = 0.0f,
+                               int max_det = 5) {
+    DetectRequest r;
+    int i = 0;
+    for (const std::string* bytes : images) {
+      auto* im = r.add_images();
+      im->set_data(*bytes);
+      im->set_id("img" + std::to_string(i++));
+    }
+    r.set_request_id("req-1");
+    r.mutable_options()->set_score_threshold(threshold);
+    r.mutable_options()->set_max_detections(max_det);
+    return r;
+  }
+
+  static grpc::Status Detect(const std::shared_ptr<grpc::Channel>& ch, const DetectRequest& req,
+                             DetectResponse* resp, std::chrono::milliseconds timeout = 60s) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+    return DetectionService::NewStub(ch)->Detect(&ctx, req, resp);
+  }
+
+  // The server still answers a good request.
+  static void ExpectAlive(const std::shared_ptr<grpc::Channel>& ch) {
+    DetectResponse resp;
+    grpc::Status s = Detect(ch, Request({png_}), &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(resp.results_size(), 1);
+  }
+
+  static fs::path* dir_;
+  static std::string *png_, *jpeg_;
+  static cv::Size *sample_size_, *jpeg_size_;
+  static ServerProcess* server_;
+};
+
+fs::path* ServerTest::dir_ = nullptr;
+std::string* ServerTest::png_ = nullptr;
+std::string* ServerTest::jpeg_ = nullptr;
+cv::Size* ServerTest::sample_size_ = nullptr;
+cv::Size* ServerTest::jpeg_size_ = nullptr;
+ServerProcess* ServerTest::server_ = nullptr;
+
+TEST_F(ServerTest, DetectRoundTrip) {
+  DetectResponse resp;
+  grpc::Status s = Detect(server_->Channel(), Request({png_, jpeg_}, 0.0f, 5), &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.request_id(), "req-1");
+  EXPECT_EQ(resp.model(), "lp-detr");
+  EXPECT_EQ(resp.timing().batch_size(), 2);
+  EXPECT_GT(resp.timing().inference_seconds(), 0.0);
+  ASSERT_EQ(resp.results_size(), 2);
+  const cv::Size sizes[] = {*sample_size_, *jpeg_size_};
+  for (int i = 0; i < 2; ++i) {
+    const auto& r = resp.results(i);
+    EXPECT_EQ(r.id(), "img" + std::to_string(i));
+    EXPECT_EQ(r.width(), sizes[i].width);
+    EXPECT_EQ(r.height(), sizes[i].height);
+    ASSERT_EQ(r.detections_size(), 5);  // threshold 0: num_select candidates, capped at 5
+    for (int k = 0; k < r.detections_size(); ++k) {
+      const auto& d = r.detections(k);
+      if (k > 0) EXPECT_LE(d.score(), r.detections(k - 1).score());
+      EXPECT_GE(d.score(), 0.f);
+      EXPECT_LE(d.score(), 1.f);
+      EXPECT_GE(d.box().x_min(), 0.f);
+      EXPECT_LE(d.box().x_min(), d.box().x_max());
+      EXPECT_LE(d.box().x_max(), r.width());
+      EXPECT_LE(d.box().y_min(), d.box().y_max());
+      EXPECT_LE(d.box().y_max(), r.height());
+      EXPECT_GE(d.label_id(), 0);
+      EXPECT_LT(d.label_id(), 91);
+      EXPECT_FALSE(d.label().empty());
+    }
+  }
+  // Batched with another image or alone: the same detections.
+  DetectResponse alone;
+  ASSERT_TRUE(Detect(server_->Channel(), Request({png_}, 0.0f, 5), &alone).ok());
+  for (int k = 0; k < 5; ++k) {
+    EXPECT_NEAR(alone.results(0).detections(k).score(), resp.results(0).detections(k).score(),
+                1e-3);
+    EXPECT_NEAR(alone.results(0).detections(k).box().x_max(),
+                resp.results(0).detections(k).box().x_max(), 0.5);
+  }
+  // Class filter and score threshold.
+  const int label = resp.results(0).detections(0).label_id();
+  DetectRequest filtered = Request({png_}, 0.0f, 0);
+  filtered.mutable_options()->add_class_ids(label);
+  DetectResponse f;
+  ASSERT_TRUE(Detect(server_->Channel(), filtered, &f).ok());
+  ASSERT_GT(f.results(0).detections_size(), 0);
+  for (const auto& d : f.results(0).detections()) EXPECT_EQ(d.label_id(), label);
+  const float top = alone.results(0).detections(0).score();
+  const float second = alone.results(0).detections(1).score();
+  DetectResponse high, mid;
+  ASSERT_TRUE(Detect(server_->Channel(), Request({png_}, top + 1e-3f, 0), &high).ok());
+  EXPECT_EQ(high.results(0).detections_size(), 0);
+  if (top - second > 2e-3f) {
+    ASSERT_TRUE(Detect(server_->Channel(), Request({png_}, top - 1e-3f, 0), &mid).ok());
+    EXPECT_EQ(mid.results(0).detections_size(), 1);
+  }
+}
+
+TEST_F(ServerTest, DetectStreamInOrderWithPerFrameErrors) {
+  auto stub = DetectionService::NewStub(server_->Channel());
+  {
+    grpc::ClientContext ctx;
+    auto stream = stub->DetectStream(&ctx);
+    const std::string empty;
+    const int n = 7;
+    std::thread writer([&] {
+      for (int i = 0; i < n; ++i) {
+        DetectRequest r = Request({i == 3 ? &empty : (i % 2 ? jpeg_ : png_)}, 0.0f, 3);
+        r.set_request_id("frame-" + std::to_string(i));
+        if (!stream->Write(r)) break;
+      }
+      stream->WritesDone();
+    });
+    DetectResponse resp;
+    int i = 0;
+    while (stream->Read(&resp)) {
+      EXPECT_EQ(resp.request_id(), "frame-" + std::to_string(i));
+      if (i == 3) {
+        EXPECT_EQ(resp.error().code(), grpc::StatusCode::INVALID_ARGUMENT);
+        EXPECT_NE(resp.error().message().find("empty"), std::string::npos);
+        EXPECT_EQ(resp.results_size(), 0);
+      } else {
+        EXPECT_EQ(resp.error().code(), 0);
+        ASSERT_EQ(resp.results_size(), 1);
+        EXPECT_EQ(resp.results(0).width(), (i % 2 ? jpeg_size_ : sample_size_)->width);
+      }
+      ++i;
+    }
+    writer.join();
+    EXPECT_EQ(i, n);
+    EXPECT_TRUE(stream->Finish().ok());
+  }
+  {
+    // stop_on_error: the stream ends with the failing frame's error.
+    grpc::ClientContext ctx;
+    auto stream = stub->DetectStream(&ctx);
+    const std::string garbage = "definitely not an image";
+    DetectRequest good = Request({png_});
+    good.set_request_id("ok");
+    DetectRequest bad = Request({&garbage});
+    bad.set_stop_on_error(true);
+    ASSERT_TRUE(stream->Write(good));
+    ASSERT_TRUE(stream->Write(bad));
+    stream->Write(good);
+    stream->WritesDone();
+    DetectResponse resp;
+    int count = 0;
+    while (stream->Read(&resp)) {
+      EXPECT_EQ(resp.request_id(), "ok");
+      ++count;
+    }
+    EXPECT_EQ(count, 1);
+    grpc::Status s = stream->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("image 0"), std::string::npos) << s.error_message();
+  }
+  ExpectAlive(server_->Channel());
+}
+
+TEST_F(ServerTest, ModelService) {
+  auto stub = lpdetr::v1::ModelService::NewStub(server_->Channel());
+  grpc::ClientContext ctx;
+  lpdetr::v1::ListModelsResponse list;
+  ASSERT_TRUE(stub->ListModels(&ctx, {}, &list).ok());
+  ASSERT_EQ(list.models_size(), 1);
+  const auto& m = list.models(0);
+  EXPECT_EQ(m.name(), "lp-detr");
+  EXPECT_EQ(m.variant(), "lp-detr");
+  EXPECT_EQ(m.num_classes(), 91);
+  EXPECT_EQ(m.classes_size(), 91);
+  EXPECT_EQ(m.min_size(), 256);
+  EXPECT_EQ(m.max_size(), 384);
+  EXPECT_EQ(m.backbone(), "resnet18");
+  EXPECT_EQ(m.decoder_layers(), 3);
+  ASSERT_EQ(m.scale_alpha_size(), 3);
+  for (const auto& a : m.scale_alpha()) EXPECT_NEAR(a.local() + a.medium() + a.global(), 1.f, 1e-4);
+  EXPECT_TRUE(m.active());
+  grpc::ClientContext ctx2;
+  lpdetr::v1::GetModelRequest get;
+  get.set_name("no-such-model");
+  lpdetr::v1::ModelInfo info;
+  grpc::Status s = stub->GetModel(&ctx2, get, &info);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_NE(s.error_message().find("no-such-model"), std::string::npos);
+}
+
+TEST_F(ServerTest, HealthCheckAndWatch) {
+  auto stub = grpc::health::v1::Health::NewStub(server_->Channel());
+  grpc::ClientContext ctx;
+  grpc::health::v1::HealthCheckResponse resp;
+  ASSERT_TRUE(stub->Check(&ctx, {}, &resp).ok());
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  grpc::ClientContext ctx2;
+  grpc::health::v1::HealthCheckRequest by_name;
+  by_name.set_service("lpdetr.v1.DetectionService");
+  ASSERT_TRUE(stub->Check(&ctx2, by_name, &resp).ok());
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  grpc::ClientContext ctx3;
+  by_name.set_service("no.such.Service");
+  EXPECT_EQ(stub->Check(&ctx3, by_name, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  grpc::ClientContext wctx;
+  wctx.set_deadline(std::chrono::system_clock::now() + 10s);
+  auto watch = stub->Watch(&wctx, {});
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  wctx.TryCancel();
+}
+
+TEST_F(ServerTest, Reflection) {
+  auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(server_->Channel());
+  grpc::ClientContext ctx;
+  auto stream = stub->ServerReflectionInfo(&ctx);
+  grpc::reflection::v1alpha::ServerReflectionRequest req;
+  req.set_list_services("");
+  ASSERT_TRUE(stream->Write(req));
+  grpc::reflection::v1alpha::ServerReflectionResponse resp;
+  ASSERT_TRUE(stream->Read(&resp));
+  std::set<std::string> names;
+  for (const auto& s : resp.list_services_response().service()) names.insert(s.name());
+  EXPECT_TRUE(names.count("lpdetr.v1.DetectionService"));
+  EXPECT_TRUE(names.count("lpdetr.v1.ModelService"));
+  EXPECT_TRUE(names.count("grpc.health.v1.Health"));
+  req.set_file_containing_symbol("lpdetr.v1.DetectionService");
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  ASSERT_GT(resp.file_descriptor_response().file_descriptor_proto_size(), 0);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(ServerTest, MetricsPassPromtool) {
+  DetectResponse resp;
+  ASSERT_TRUE(Detect(server_->Channel(), Request({png_}), &resp).ok());
+  const std::string text = HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_FALSE(text.empty());
+  for (const char* needle :
+       {"lpdetr_requests_total{", "method=\"Detect\"", "code=\"OK\"",
+        "lpdetr_request_duration_seconds_bucket{", "lpdetr_queue_duration_seconds_count",
+        "lpdetr_inference_duration_seconds_sum", "lpdetr_batch_size_bucket", "lpdetr_queue_depth",
+        "lpdetr_images_processed_total", "lpdetr_model_info{"}) {
+    EXPECT_NE(text.find(needle), std::string::npos) << needle << "\n" << text;
+  }
+  EXPECT_NE(text.find("name=\"lp-detr\""), std::string::npos);
+  if (Shell("command -v promtool > /dev/null") != 0) GTEST_SKIP() << "promtool not installed";
+  const fs::path file = *dir_ / "metrics.txt";
+  std::ofstream(file) << text;
+  EXPECT_EQ(Shell("promtool check metrics < " + file.string()), 0) << text;
+}
+
+TEST_F(ServerTest, BadInputIsRejectedAndTheServerKeepsServing) {
+  auto ch = server_->Channel();
+  std::mt19937 rng(3);
+  std::string noise(2000, '\0');
+  for (char& c : noise) c = static_cast<char>(rng());
+  noise[0] = 'z';
+  const std::string truncated = jpeg_->substr(0, jpeg_->size() / 2);
+  std::string bomb = *png_;
+  for (int i = 0; i < 4; ++i) {
+    bomb[16 + i] = static_cast<char>(60000u >> (24 - 8 * i));
+    bomb[20 + i] = static_cast<char>(60000u >> (24 - 8 * i));
+  }
+  const std::string empty;
+  const std::string huge(1200000, 'x');  // over --max_message_bytes=1 MiB
+  struct Case {
+    std::string name;
+    DetectRequest request;
+    grpc::StatusCode code;
+    std::string message;
+  };
+  std::vector<Case> cases;
+  cases.push_back({"empty bytes", Request({&empty}), grpc::INVALID_ARGUMENT, "empty image"});
+  cases.push_back({"random bytes", Request({&noise}), grpc::INVALID_ARGUMENT, "not a JPEG"});
+  cases.push_back({"truncated JPEG", Request({&truncated}), grpc::INVALID_ARGUMENT, "truncated"});
+  cases.push_back({"PNG bomb", Request({&bomb}), grpc::INVALID_ARGUMENT, "60000x60000"});
+  cases.push_back({"zero images", Request({}), grpc::INVALID_ARGUMENT, "no images"});
+  cases.push_back({"too many images", Request({png_, png_, png_, png_, png_}),
+                   grpc::INVALID_ARGUMENT, "more than the limit of 4"});
+  cases.push_back({"huge message", Request({&huge}), grpc::RESOURCE_EXHAUSTED, ""});
+  DetectRequest nan = Request({png_});
+  nan.mutable_options()->set_score_threshold(std::numeric_limits<float>::quiet_NaN());
+  cases.push_back({"NaN threshold", nan, grpc::INVALID_ARGUMENT, "score_threshold"});
+  DetectRequest negative = Request({png_});
+  negative.mutable_options()->set_score_threshold(-0.5f);
+  cases.push_back({"negative threshold", negative, grpc::INVALID_ARGUMENT, "score_threshold"});
+  DetectRequest neg_max = Request({png_});
+  neg_max.mutable_options()->set_max_detections(-3);
+  cases.push_back({"negative max_detections", neg_max, grpc::INVALID_ARGUMENT, "max_detections"});
+  DetectRequest bad_class = Request({png_});
+  bad_class.mutable_options()->add_class_ids(-1);
+  cases.push_back({"negative class id", bad_class, grpc::INVALID_ARGUMENT, "class_ids"});
+  DetectRequest raw_short = Request({});
+  auto* raw = raw_short.add_images()->mutable_raw();
+  raw->set_width(10);
+  raw->set_height(10);
+  raw->set_format(lpdetr::v1::PIXEL_FORMAT_RGB8);
+  raw->set_pixels(std::string(10, '\0'));
+  cases.push_back({"short raw pixels", raw_short, grpc::INVALID_ARGUMENT, "needs 300 bytes"});
+  for (const Case& c : cases) {
+    DetectResponse resp;
+    grpc::Status s = Detect(ch, c.request, &resp);
+    EXPECT_EQ(s.error_code(), c.code) << c.name << ": " << s.error_message();
+    EXPECT_NE(s.error_message().find(c.message), std::string::npos)
+        << c.name << ": " << s.error_message();
+    EXPECT_FALSE(s.error_message().empty()) << c.name;
+    ExpectAlive(ch);
+  }
+  // A request error is logged as one JSON line.
+  bool logged = false;
+  for (const json& e : server_->Events()) {
+    if (e.value("event", "") == "request_error" && e.value("code", "") == "INVALID_ARGUMENT") {
+      logged = true;
+    }
+  }
+  EXPECT_TRUE(logged);
+}
+
+TEST_F(ServerTest, LogsAreOneJsonObjectPerLine) {
+  std::istringstream log(server_->Log());
+  std::string line;
+  std::set<std::string> events;
+  int lines = 0;
+  while (std::getline(log, line)) {
+    ++lines;
+    json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    ASSERT_TRUE(j.is_object()) << line;
+    ASSERT_TRUE(j.contains("ts") && j.contains("level") && j.contains("event")) << line;
+    EXPECT_EQ(line.rfind("{\"ts\":", 0), 0u) << line;
+    events.insert(j["event"].get<std::string>());
+  }
+  EXPECT_GE(lines, 3);
+  for (const char* e : {"config", "model_loaded", "startup"}) EXPECT_TRUE(events.count(e)) << e;
+}
+
+TEST_F(ServerTest, RawPixelsGiveTheSameDetectionsAsEncoded) {
+  cv::Mat bgr = cv::imdecode(std::vector<unsigned char>(png_->begin(), png_->end()),
+                             cv::IMREAD_COLOR);
+  DetectRequest req = Request({});
+  auto* raw = req.add_images()->mutable_raw();
+  raw->set_width(bgr.cols);
+  raw->set_height(bgr.rows);
+  raw->set_format(lpdetr::v1::PIXEL_FORMAT_BGR8);
+  raw->set_pixels(std::string(reinterpret_cast<const char*>(bgr.data), bgr.total() * 3));
+  DetectResponse a, b;
+  ASSERT_TRUE(Detect(server_->Channel(), req, &a).ok());
+  ASSERT_TRUE(Detect(server_->Channel(), Request({png_}), &b).ok());
+  ASSERT_EQ(a.results(0).detections_size(), b.results(0).detections_size());
+  EXPECT_NEAR(a.results(0).detections(0).score(), b.results(0).detections(0).score(), 1e-5);
+}
+
+TEST_F(ServerTest, DeadlineAndCancellation) {
+  auto ch = server_->Channel();
+  DetectResponse resp;
+  grpc::Status s = Detect(ch, Request({png_, png_, png_, png_}), &resp, 1ms);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
+
+  auto stub = DetectionService::NewStub(ch);
+  grpc::ClientContext ctx;
+  grpc::CompletionQueue cq;
+  DetectRequest req = Request({png_, png_, png_, png_});
+  auto call = stub->AsyncDetect(&ctx, req, &cq);
+  grpc::Status status;
+  call->Finish(&resp, &status, reinterpret_cast<void*>(1));
+  ctx.TryCancel();
+  void* tag;
+  bool ok;
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  ExpectAlive(ch);
+}
+
+TEST_F(ServerTest, OverloadGetsResourceExhaustedWithoutCrashing) {
+  std::unique_ptr<ServerProcess> s(StartServer(
+      "overload", {"--max_queue_size=2", "--max_batch_size=1", "--max_queue_delay_us=0"}));
+  auto ch = s->Channel();
+  std::atomic<int> ok{0}, exhausted{0}, other{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 24; ++i) {
+    clients.emplace_back([&] {
+      DetectResponse resp;
+      grpc::Status st = Detect(ch, Request({png_}), &resp, 120s);
+      if (st.ok()) {
+        ++ok;
+      } else if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        EXPECT_NE(st.error_message().find("queue is full"), std::string::npos);
+        ++exhausted;
+      } else {
+        ADD_FAILURE() << st.error_code() << " " << st.error_message();
+        ++other;
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_GT(exhausted, 0);
+  EXPECT_GT(ok, 0);
+  EXPECT_EQ(other, 0);
+  ExpectAlive(ch);
+  const std::string text = HttpGet(s->metrics_port(), "/metrics");
+  EXPECT_NE(text.find("code=\"RESOURCE_EXHAUSTED\""), std::string::npos);
+}
+
+TEST_F(ServerTest, SigtermDuringLoadLosesNoAcceptedRequest) {
+  std::unique_ptr<ServerProcess> s(StartServer(
+      "shutdown", {"--max_batch_size=2", "--max_queue_size=64", "--shutdown_timeout_s=60"}));
+  auto ch = s->Channel();
+  auto health = grpc::health::v1::Health::NewStub(ch);
+  grpc::ClientContext wctx;
+  wctx.set_deadline(std::chrono::system_clock::now() + 120s);
+  auto watch = health->Watch(&wctx, {});
+  grpc::health::v1::HealthCheckResponse hs;
+  ASSERT_TRUE(watch->Read(&hs));
+  ASSERT_EQ(hs.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+
+  // An idle stream (one frame answered, then silence) must not hold the exit.
+  auto stub = DetectionService::NewStub(ch);
+  grpc::ClientContext sctx;
+  auto idle = stub->DetectStream(&sctx);
+  ASSERT_TRUE(idle->Write(Request({png_})));
+  DetectResponse first;
+  ASSERT_TRUE(idle->Read(&first));
+  EXPECT_EQ(first.results_size(), 1);
+
+  const int n = 12;
+  std::vector<grpc::Status> results(n);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < n; ++i) {
+    clients.emplace_back([&, i] {
+      DetectResponse resp;
+      results[i] = Detect(ch, Request({png_, jpeg_}), &resp, 120s);
+      if (results[i].ok()) EXPECT_EQ(resp.results_size(), 2);
+    });
+  }
+  // Wait until the requests are queued, then SIGTERM.
+  for (int tries = 0; tries < 200; ++tries) {
+    const std::string text = HttpGet(s->metrics_port(), "/metrics");
+    if (text.find("lpdetr_queue_depth 0") == std::string::npos &&
+        text.find("lpdetr_queue_depth ") != std::string::npos) {
+      break;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  s->Signal(SIGTERM);
+  std::vector<grpc::health::v1::HealthCheckResponse::ServingStatus> seen;
+  while (watch->Read(&hs)) seen.push_back(hs.status());
+  for (auto& t : clients) t.join();
+  // Done well before the 60 s shutdown deadline: nothing (not even the open
+  // health Watch) holds the exit once accepted work is finished.
+  EXPECT_EQ(s->WaitExit(45s), 0) << s->Log();
+
+  EXPECT_FALSE(idle->Read(&first));
+  EXPECT_FALSE(idle->Finish().ok());
+
+  int ok = 0;
+  for (const grpc::Status& st : results) {
+    // Accepted work finishes; anything refused is UNAVAILABLE.
+    EXPECT_TRUE(st.ok() || st.error_code() == grpc::StatusCode::UNAVAILABLE)
+        << st.error_code() << " " << st.error_message();
+    ok += st.ok();
+  }
+  int queued = -1;
+  bool complete = false;
+  for (const json& e : s->Events()) {
+    if (e.value("event", "") == "shutdown") queued = e["queued"].get<int>();
+    if (e.value("event", "") == "shutdown_complete") complete = true;
+  }
+  EXPECT_TRUE(complete) << s->Log();
+  EXPECT_GT(queued, 0) << "nothing was queued at SIGTERM; the test proved nothing";
+  EXPECT_GE(ok, queued);
+  EXPECT_FALSE(seen.empty());
+  if (!seen.empty()) EXPECT_EQ(seen.back(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  // After exit nothing answers.
+  DetectResponse resp;
+  EXPECT_EQ(Detect(ch, Request({png_}), &resp, 2s).error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+// openssl: a CA, a server certificate for 127.0.0.1 / localhost, a client one.
+bool MakeCertificates(const fs::path& d) {
+  const std::string q = " > /dev/null 2>&1";
+  const std::string p = d.string() + "/";
+  std::ofstream(p + "san.cnf") << "subjectAltName=IP:127.0.0.1,DNS:localhost\n";
+  return Shell("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=lpdetr-test-ca -keyout " +
+             p + "ca.key -out " + p + "ca.pem" + q) == 0 &&
+         Shell("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout " + p +
+             "server.key -out " + p + "server.csr" + q) == 0 &&
+         Shell("openssl x509 -req -in " + p + "server.csr -CA " + p + "ca.pem -CAkey " + p +
+             "ca.key -CAcreateserial -days 2 -extfile " + p + "san.cnf -out " + p + "server.pem" +
+             q) == 0 &&
+         Shell("openssl req -newkey rsa:2048 -nodes -subj /CN=lpdetr-client -keyout " + p +
+             "client.key -out " + p + "client.csr" + q) == 0 &&
+         Shell("openssl x509 -req -in " + p + "client.csr -CA " + p + "ca.pem -CAkey " + p +
+             "ca.key -CAcreateserial -days 2 -out " + p + "client.pem" + q) == 0;
+}
+
+std::shared_ptr<grpc::Channel> TlsChannel(const std::string& target, const fs::path& d,
+                                          bool client_cert) {
+  grpc::SslCredentialsOptions o;
+  o.pem_root_certs = ReadAll(d / "ca.pem");
+  if (client_cert) {
+    o.pem_private_key = ReadAll(d / "client.key");
+    o.pem_cert_chain = ReadAll(d / "client.pem");
+  }
+  return grpc::CreateChannel(target, grpc::SslCredentials(o));
+}
+
+TEST_F(ServerTest, TlsAndMutualTls) {
+  const fs::path d = *dir_ / "certs";
+  fs::create_directories(d);
+  ASSERT_TRUE(MakeCertificates(d));
+  const std::vector<std::string> tls = {"--tls_cert=" + (d / "server.pem").string(),
+                                        "--tls_key=" + (d / "server.key").string()};
+  {
+    std::unique_ptr<ServerProcess> s(StartServer("tls", tls));
+    ExpectAlive(TlsChannel(s->target(), d, false));
+    DetectResponse resp;
+    EXPECT_EQ(Detect(s->Channel(), Request({png_}), &resp, 5s).error_code(),
+              grpc::StatusCode::UNAVAILABLE);  // plaintext client
+  }
+  {
+    std::vector<std::string> mtls = tls;
+    mtls.push_back("--tls_ca=" + (d / "ca.pem").string());
+    std::unique_ptr<ServerProcess> s(StartServer("mtls", mtls));
+    ExpectAlive(TlsChannel(s->target(), d, true));
+    DetectResponse resp;
+    EXPECT_EQ(Detect(TlsChannel(s->target(), d, false), Request({png_}), &resp, 5s).error_code(),
+              grpc::StatusCode::UNAVAILABLE);  // no client certificate
+  }
+}
+
+TEST_F(ServerTest, ConfigFileAndFlagsPrecedence) {
+  const fs::path config = *dir_ / "server.json";
+  std::ofstream(config) << R"({"max_images_per_request": 1, "max_batch_size": 3})";
+  std::unique_ptr<ServerProcess> s(
+      StartServer("config", {"--config=" + config.string(), "--max_batch_size=5"}));
+  DetectResponse resp;
+  grpc::Status st = Detect(s->Channel(), Request({png_, png_}), &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("limit of 1"), std::string::npos) << st.error_message();
+  bool seen = false;
+  for (const json& e : s->Events()) {
+    if (e.value("event", "") == "config") {
+      seen = true;
+      EXPECT_EQ(e["max_batch_size"], 5);  // the flag wins
+      EXPECT_EQ(e["max_images_per_request"], 1);
+    }
+  }
+  EXPECT_TRUE(seen);
+  // Unknown keys and a missing model directory fail with a clear message.
+  std::ofstream(config) << R"({"max_batch_sise": 3})";
+  ServerProcess bad;
+  EXPECT_FALSE(bad.Start({"--config=" + config.string()}, *dir_ / "bad.log"));
+  EXPECT_NE(bad.Log().find("unknown key 'max_batch_sise'"), std::string::npos) << bad.Log();
+  ServerProcess missing;
+  EXPECT_FALSE(missing.Start({"--model_dir=" + (*dir_ / "nope").string()}, *dir_ / "missing.log"));
+  EXPECT_NE(missing.Log().find("scripts/run_main.sh"), std::string::npos) << missing.Log();
+}
+
+}  // namespace
+}  // namespace lpdetr::server
