@@ -5,6 +5,8 @@
 #include <torch/nn/modules/conv.h>
 
 #include "model/layers.h"
+#include "model/ops/relation_weights.h"
+#include "model/runtime.h"
 
 namespace lpdetr {
 
@@ -97,6 +99,13 @@ at::Tensor PositionRelationEmbeddingImpl::Weight() const { return ProjectionWeig
 at::Tensor PositionRelationEmbeddingImpl::Bias() const { return ProjectionBias(pos_proj); }
 
 at::Tensor PositionRelationEmbeddingImpl::forward(const at::Tensor& src, const at::Tensor& tgt) {
+  if (GetOpBackend() == OpBackend::kComposed) return ForwardComposed(src, tgt);
+  return ops::RelationWeights(src.detach(), tgt.detach(), Weight(), Bias(), c10::nullopt,
+                              /*s_l=*/1.0, ops::RelationVariant::kRelationDetr);
+}
+
+at::Tensor PositionRelationEmbeddingImpl::ForwardComposed(const at::Tensor& src,
+                                                          const at::Tensor& tgt) {
   at::Tensor embedding;
   {
     at::NoGradGuard no_grad;
@@ -117,6 +126,15 @@ at::Tensor MultiScaleRelationImpl::Bias() const { return ProjectionBias(pos_proj
 at::Tensor MultiScaleRelationImpl::Alpha() const { return scale_weights.softmax(1); }
 
 at::Tensor MultiScaleRelationImpl::forward(const at::Tensor& boxes, int64_t layer) {
+  if (GetOpBackend() == OpBackend::kComposed) return ForwardComposed(boxes, layer);
+  TORCH_CHECK(layer >= 0 && layer < num_layers_, "relation layer ", layer, " out of range 0..",
+              num_layers_ - 1);
+  at::Tensor b = boxes.detach();
+  return ops::RelationWeights(b, b, Weight(), Bias(), Alpha().select(0, layer),
+                              LayerScale(layer, num_layers_), ops::RelationVariant::kLpDetr);
+}
+
+at::Tensor MultiScaleRelationImpl::ForwardComposed(const at::Tensor& boxes, int64_t layer) {
   TORCH_CHECK(layer >= 0 && layer < num_layers_, "relation layer ", layer, " out of range 0..",
               num_layers_ - 1);
   const double s_l = LayerScale(layer, num_layers_);

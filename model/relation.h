@@ -7,8 +7,11 @@
 //   medium with s_l = 1 + 2l/(L-1), global), 5 features each (the 4 above and
 //   GIoU), embedded to 80 dims, mixed by alpha_l = softmax(Lambda[l]),
 //   w_p = ReLU(W_G . mix + b_G); the attention adds log(w_p + 1e-6).
-// These composed versions materialise the [B, N, M, 64|80] embedding; they are
-// the reference for the fused kernels.
+// The modules' forward runs the fused op lpdetr::relation_weights
+// (model/ops/relation_weights.h) when GetOpBackend() is kKernels and the
+// composed ATen version otherwise (ForwardComposed, also callable directly).
+// The composed versions materialise the [B, N, M, 64|80] embedding; they are
+// the bit-exact reference for parity and for the fused kernels' tests.
 #pragma once
 
 #include <cstdint>
@@ -47,6 +50,7 @@ class PositionRelationEmbeddingImpl : public torch::nn::Module {
   explicit PositionRelationEmbeddingImpl(int64_t num_heads);
   // src [B,N,4], tgt [B,M,4] (cxcywh) -> [B,K,N,M] relation weights (>= 0).
   at::Tensor forward(const at::Tensor& src, const at::Tensor& tgt);
+  at::Tensor ForwardComposed(const at::Tensor& src, const at::Tensor& tgt);
   at::Tensor Weight() const;  // [K, 64]
   at::Tensor Bias() const;    // [K]
 
@@ -62,6 +66,7 @@ class MultiScaleRelationImpl : public torch::nn::Module {
   MultiScaleRelationImpl(int64_t num_heads, int64_t num_layers);
   // boxes [B,N,4] feeding decoder layer `layer` -> w_p [B,K,N,N] (>= 0).
   at::Tensor forward(const at::Tensor& boxes, int64_t layer);
+  at::Tensor ForwardComposed(const at::Tensor& boxes, int64_t layer);
   // alpha = softmax(Lambda, dim 1): [L, 3].
   at::Tensor Alpha() const;
   at::Tensor Weight() const;  // [K, 80]
