@@ -50,7 +50,8 @@ std::pair<at::Tensor, at::Tensor> ConvBnFold::Get(const torch::nn::Conv2dImpl& c
   for (const at::Tensor* t : sources) cacheable = cacheable && !t->is_inference();
   bool fresh = cacheable && weight_.defined() && sources_.size() == sources.size();
   for (size_t i = 0; fresh && i < sources.size(); ++i) {
-    fresh = sources_[i].is_same(*sources[i]) && versions_[i] == sources[i]->_version();
+    fresh = sources_[i].is_same(*sources[i]) && versions_[i] == sources[i]->_version() &&
+            data_[i] == sources[i]->data_ptr();
   }
   if (fresh) return {weight_, bias_};
   at::NoGradGuard no_grad;
@@ -61,9 +62,11 @@ std::pair<at::Tensor, at::Tensor> ConvBnFold::Get(const torch::nn::Conv2dImpl& c
   if (!cacheable) return {weight, shift};
   sources_.clear();
   versions_.clear();
+  data_.clear();
   for (const at::Tensor* t : sources) {
     sources_.push_back(*t);
     versions_.push_back(t->_version());
+    data_.push_back(t->data_ptr());
   }
   weight_ = weight;
   bias_ = shift;

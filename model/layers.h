@@ -45,9 +45,9 @@ bool UseInferenceFastPath(const torch::nn::Module& module);
 // convolution with bias for inference: W' = W * scale per output channel,
 // b' = shift. The folded weight is kept channels-last (oneDNN's native
 // layout, so channels-last activations need no reorders). It is cached and
-// rebuilt whenever one of the five source tensors is replaced or modified in
-// place (tensor identity + version counter), so fine-tuned conv weights are
-// never served stale. Thread-safe.
+// rebuilt whenever one of the five source tensors is replaced, modified in
+// place or given new storage (tensor identity + version counter + data
+// pointer), so fine-tuned conv weights are never served stale. Thread-safe.
 class ConvBnFold {
  public:
   // bn(conv(x)) through the folded convolution. Call without autograd
@@ -64,6 +64,7 @@ class ConvBnFold {
   mutable std::mutex mu_;
   std::vector<at::Tensor> sources_;
   std::vector<int64_t> versions_;
+  std::vector<const void*> data_;  // set_data (e.g. Module::to) keeps version and identity
   at::Tensor weight_, bias_;
   int64_t builds_ = 0;
 };
