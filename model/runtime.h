@@ -12,6 +12,8 @@
 //               decoder amplifies 1e-7 input differences into visible output
 //               differences, so parity with a reference needs its exact
 //               numerics, not just the same maths.
+// Both modes make idle OpenMP workers sleep (OMP_WAIT_POLICY=PASSIVE), so
+// that they do not compete with OpenBLAS's threads for the cores.
 // Variables the user already set are left alone.
 #pragma once
 

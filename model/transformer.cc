@@ -159,7 +159,8 @@ at::Tensor EncoderImpl::BlockedMemoryFusion(const std::vector<at::Tensor>& outpu
     const int64_t n = std::min(kRowBlock, rows - start);
     for (size_t i = 0; i < flat.size(); ++i) parts[i] = flat[i].narrow(0, start, n);
     at::Tensor h = at::addmm(fusion_in_->bias, at::cat(parts, 1), w_in).relu_();
-    out.narrow(0, start, n).copy_(LayerNormOf(fusion_norm_, at::addmm(fusion_out_->bias, h, w_out)));
+    at::Tensor y = at::addmm(fusion_out_->bias, h, w_out);
+    out.narrow(0, start, n).copy_(LayerNormOf(fusion_norm_, y));
   }
   auto shape = first.sizes().vec();
   shape.back() = out.size(1);

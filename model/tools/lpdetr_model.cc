@@ -46,10 +46,12 @@ commands:
       Runs the model on a pre-normalized, padded batch (images [B,3,H,W] f32,
       mask [B,H,W] bool, image_sizes [B,2] i64) and writes every output.
   bench --config CONFIG.json --height H --width W --iters N [--batch B] [--warmup K]
-        [--stages 0|1]
+        [--stages 0|1] [--ops kernels|composed]
       Times inference with random weights; prints median seconds per image,
       peak resident memory and (CPU, unless --stages 0) the mean time of each
-      stage of the forward pass.
+      stage of the forward pass. --ops overrides the operator backend of the
+      numerics mode (composed: the reference float operations, no custom
+      kernels, no folded/blocked inference paths) to compare the two.
   detect --model DIR --image FILE [--score-threshold T] [--max-detections N]
       Decodes, resizes, normalizes and detects; prints JSON detections.
   info (--model DIR | --config CONFIG.json)
@@ -247,9 +249,17 @@ int RunTensor(int argc, char** argv) {
 // ---------------------------------------------------------------------------
 int Bench(int argc, char** argv) {
   Flags flags(argc, argv, 2,
-              {"config", "height", "width", "iters", "batch", "warmup", "stages", "threads", "device",
-               "numerics"});
+              {"config", "height", "width", "iters", "batch", "warmup", "stages", "ops", "threads",
+               "device", "numerics"});
   Setup(flags);
+  const std::string ops = flags.Str("ops", "");
+  if (ops == "composed") {
+    SetOpBackend(OpBackend::kComposed);
+  } else if (ops == "kernels") {
+    SetOpBackend(OpBackend::kKernels);
+  } else if (!ops.empty()) {
+    throw UsageError("--ops must be kernels or composed, got '" + ops + "'");
+  }
   const c10::Device device = ParseDevice(flags);
   ModelConfig config = ModelConfig::FromFile(flags.Required("config"));
   const int64_t height = flags.Int("height", 800), width = flags.Int("width", 1066);
@@ -302,9 +312,10 @@ int Bench(int argc, char** argv) {
   std::printf("model: %s (%s, %s, relation heads %d/%d)\n", config.name.c_str(),
               RelationVariantName(config.relation_variant), config.backbone.c_str(),
               config.relation_heads, config.num_heads);
-  std::printf("input: %lld x %lld, batch %lld, device %s, intra-op threads %d\n",
+  std::printf("input: %lld x %lld, batch %lld, device %s, intra-op threads %d, ops %s\n",
               static_cast<long long>(height), static_cast<long long>(width),
-              static_cast<long long>(batch_size), device.str().c_str(), at::get_num_threads());
+              static_cast<long long>(batch_size), device.str().c_str(), at::get_num_threads(),
+              GetOpBackend() == OpBackend::kKernels ? "kernels" : "composed");
   std::printf("iterations: %lld (after %lld warm-up)\n", static_cast<long long>(iters),
               static_cast<long long>(warmup));
   std::printf("median seconds per image: %.3f\n", median);
