@@ -6,6 +6,8 @@
 
 #include <ATen/ATen.h>
 
+#include "model/runtime.h"
+
 namespace lpdetr {
 
 // ---------------------------------------------------------------------------
@@ -155,7 +157,16 @@ MultiLevelInput LpDetrImpl::Features(const ImageBatch& batch) {
     }
   }
   if (full) {
-    in.feats = neck(backbone(images));
+    std::vector<at::Tensor> backbone_feats;
+    {
+      ScopedStage stage("backbone");
+      backbone_feats = backbone(images);
+    }
+    {
+      ScopedStage stage("neck");
+      in.feats = neck(backbone_feats);
+    }
+    ScopedStage stage("masks + position embedding");
     for (const auto& f : in.feats) {
       in.masks.push_back(ResizeMask(mask, f.size(2), f.size(3)));
       in.pos_embeds.push_back(SinePositionEmbedding(in.masks.back(), pos_feats));

@@ -4,8 +4,11 @@
 #include <stdexcept>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/pooling.h>
+
+#include "model/runtime.h"
 
 namespace lpdetr {
 
@@ -28,6 +31,60 @@ std::pair<at::Tensor, at::Tensor> FrozenBatchNorm2dImpl::ScaleShift() const {
 at::Tensor FrozenBatchNorm2dImpl::forward(const at::Tensor& x) {
   auto [scale, shift] = ScaleShift();
   return x * scale.view({1, -1, 1, 1}) + shift.view({1, -1, 1, 1});
+}
+
+// ---------------------------------------------------------------------------
+bool UseInferenceFastPath(const torch::nn::Module& module) {
+  return GetOpBackend() == OpBackend::kKernels && !module.is_training() &&
+         !at::GradMode::is_enabled();
+}
+
+std::pair<at::Tensor, at::Tensor> ConvBnFold::Get(const torch::nn::Conv2dImpl& conv,
+                                                  const FrozenBatchNorm2dImpl& bn) {
+  TORCH_CHECK(!conv.options.bias(), "ConvBnFold expects a conv without bias");
+  const std::array<const at::Tensor*, 5> sources = {&conv.weight, &bn.weight, &bn.bias,
+                                                    &bn.running_mean, &bn.running_var};
+  std::lock_guard<std::mutex> lock(mu_);
+  // Inference tensors have no version counter: never cache from them.
+  bool cacheable = true;
+  for (const at::Tensor* t : sources) cacheable = cacheable && !t->is_inference();
+  bool fresh = cacheable && weight_.defined() && sources_.size() == sources.size();
+  for (size_t i = 0; fresh && i < sources.size(); ++i) {
+    fresh = sources_[i].is_same(*sources[i]) && versions_[i] == sources[i]->_version() &&
+            data_[i] == sources[i]->data_ptr();
+  }
+  if (fresh) return {weight_, bias_};
+  at::NoGradGuard no_grad;
+  auto [scale, shift] = bn.ScaleShift();
+  at::Tensor weight = (conv.weight * scale.view({-1, 1, 1, 1}))
+                          .contiguous(at::MemoryFormat::ChannelsLast);
+  ++builds_;
+  if (!cacheable) return {weight, shift};
+  sources_.clear();
+  versions_.clear();
+  data_.clear();
+  for (const at::Tensor* t : sources) {
+    sources_.push_back(*t);
+    versions_.push_back(t->_version());
+    data_.push_back(t->data_ptr());
+  }
+  weight_ = weight;
+  bias_ = shift;
+  return {weight_, bias_};
+}
+
+at::Tensor ConvBnFold::Forward(const torch::nn::Conv2dImpl& conv, const FrozenBatchNorm2dImpl& bn,
+                               const at::Tensor& x) {
+  auto [weight, bias] = Get(conv, bn);
+  const auto& o = conv.options;
+  const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+  TORCH_CHECK(padding != nullptr, "ConvBnFold supports explicit conv padding only");
+  return at::conv2d(x, weight, bias, *o.stride(), **padding, *o.dilation(), o.groups());
+}
+
+int64_t ConvBnFold::builds() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return builds_;
 }
 
 // ---------------------------------------------------------------------------
@@ -66,6 +123,18 @@ ResidualBlockImpl::ResidualBlockImpl(bool bottleneck, int64_t inplanes, int64_t 
 }
 
 at::Tensor ResidualBlockImpl::forward(const at::Tensor& x) {
+  if (UseInferenceFastPath(*this)) {
+    at::Tensor out = folds_[0].Forward(*conv1, *bn1, x).relu_();
+    out = folds_[1].Forward(*conv2, *bn2, out);
+    if (bottleneck_) out = folds_[2].Forward(*conv3, *bn3, out.relu_());
+    if (downsample) {
+      out += folds_[3].Forward(*downsample->ptr<torch::nn::Conv2dImpl>(0),
+                               *downsample->ptr<FrozenBatchNorm2dImpl>(1), x);
+    } else {
+      out += x;
+    }
+    return out.relu_();
+  }
   at::Tensor out = bn1(conv1(x)).relu_();
   out = bn2(conv2(out));
   if (bottleneck_) out = bn3(conv3(out.relu_()));
@@ -113,7 +182,12 @@ std::vector<int64_t> ResNetImpl::OutChannels() const {
 }
 
 std::vector<at::Tensor> ResNetImpl::forward(const at::Tensor& images) {
-  at::Tensor x = bn1(conv1(images)).relu_();
+  at::Tensor x;
+  if (UseInferenceFastPath(*this)) {
+    x = fold1_.Forward(*conv1, *bn1, images.contiguous(at::MemoryFormat::ChannelsLast)).relu_();
+  } else {
+    x = bn1(conv1(images)).relu_();
+  }
   x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
   std::vector<at::Tensor> outs;
   const int last = return_indices_.back();

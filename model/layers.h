@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -33,8 +34,44 @@ class FrozenBatchNorm2dImpl : public torch::nn::Module {
 };
 TORCH_MODULE(FrozenBatchNorm2d);
 
+// Whether `module` may take the inference fast paths (batch norm folded into
+// the convolutions, channels-last activations, row-blocked feed-forward):
+// the kernels operator backend (GetOpBackend() == kKernels, i.e. fast
+// numerics), eval mode and no autograd recording. These paths change float
+// rounding, so the reference numerics (kComposed) never take them.
+bool UseInferenceFastPath(const torch::nn::Module& module);
+
+// A bias-free Conv2d followed by a FrozenBatchNorm2d, folded into one
+// convolution with bias for inference: W' = W * scale per output channel,
+// b' = shift. The folded weight is kept channels-last (oneDNN's native
+// layout, so channels-last activations need no reorders). It is cached and
+// rebuilt whenever one of the five source tensors is replaced, modified in
+// place or given new storage (tensor identity + version counter + data
+// pointer), so fine-tuned conv weights are never served stale. Thread-safe.
+class ConvBnFold {
+ public:
+  // bn(conv(x)) through the folded convolution. Call without autograd
+  // recording (the fold is cached without gradient history).
+  at::Tensor Forward(const torch::nn::Conv2dImpl& conv, const FrozenBatchNorm2dImpl& bn,
+                     const at::Tensor& x);
+  // The folded (weight, bias), rebuilt if stale.
+  std::pair<at::Tensor, at::Tensor> Get(const torch::nn::Conv2dImpl& conv,
+                                        const FrozenBatchNorm2dImpl& bn);
+  // How many times the fold was computed (tests).
+  int64_t builds() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<at::Tensor> sources_;
+  std::vector<int64_t> versions_;
+  std::vector<const void*> data_;  // set_data (e.g. Module::to) keeps version and identity
+  at::Tensor weight_, bias_;
+  int64_t builds_ = 0;
+};
+
 // torchvision BasicBlock (expansion 1) / Bottleneck (expansion 4, stride on
-// the 3x3 conv, "ResNet v1.5").
+// the 3x3 conv, "ResNet v1.5"). On the inference fast path every conv + BN
+// pair runs as one folded convolution (see ConvBnFold).
 class ResidualBlockImpl : public torch::nn::Module {
  public:
   ResidualBlockImpl(bool bottleneck, int64_t inplanes, int64_t planes, int64_t stride);
@@ -45,11 +82,15 @@ class ResidualBlockImpl : public torch::nn::Module {
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
   FrozenBatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
   torch::nn::Sequential downsample{nullptr};
+  // Folds of (conv1, bn1), (conv2, bn2), (conv3, bn3), downsample.
+  std::array<ConvBnFold, 4> folds_;
 };
 TORCH_MODULE(ResidualBlock);
 
 // ResNet-18/34/50/101 trunk without the classifier. Forward returns the
 // outputs of the stages listed in `return_indices` (0 = layer1 .. 3 = layer4).
+// On the inference fast path the activations (and so the outputs) are
+// channels-last and batch norm is folded into the convolutions.
 class ResNetImpl : public torch::nn::Module {
  public:
   ResNetImpl(const std::string& arch, std::vector<int> return_indices);
@@ -61,6 +102,7 @@ class ResNetImpl : public torch::nn::Module {
   int64_t expansion_ = 1;
   torch::nn::Conv2d conv1{nullptr};
   FrozenBatchNorm2d bn1{nullptr};
+  ConvBnFold fold1_;
   std::array<torch::nn::Sequential, 4> stages_;
 };
 TORCH_MODULE(ResNet);

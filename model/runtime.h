@@ -12,8 +12,15 @@
 //               decoder amplifies 1e-7 input differences into visible output
 //               differences, so parity with a reference needs its exact
 //               numerics, not just the same maths.
+// Both modes make idle OpenMP workers sleep (OMP_WAIT_POLICY=PASSIVE), so
+// that they do not compete with OpenBLAS's threads for the cores.
 // Variables the user already set are left alone.
 #pragma once
+
+#include <chrono>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace lpdetr {
 
@@ -39,5 +46,52 @@ OpBackend GetOpBackend();
 // reference mode, else `threads`, 0 = all cores available) and the operator
 // backend (kComposed in reference mode, kKernels otherwise).
 void ApplyNumerics(Numerics numerics, int threads);
+
+// Wall-clock (and calling-thread CPU time) breakdown of model forwards by
+// named stage, for benchmarks. With one ATen and one BLAS thread the thread
+// CPU time is all the work, and robust on a machine shared with other jobs.
+// Install one on the calling thread with SetStageTimer; the model's
+// ScopedStage markers then add their elapsed time to it (nested stages are
+// recorded with their depth). With none installed a marker costs one
+// thread-local load.
+class StageTimer {
+ public:
+  struct Entry {
+    std::string path;  // "parent/child"
+    std::string name;  // last component
+    int depth = 0;     // 0 = top level
+    double seconds = 0;      // wall clock
+    double cpu_seconds = 0;  // CPU time of the calling thread only
+    long calls = 0;
+  };
+  void Add(const std::string& path, int depth, double seconds, double cpu_seconds);
+  // The entry of `path`, created (zero time) if new.
+  Entry& Find(const std::string& path, int depth);
+  void Clear() { entries_.clear(); }
+  // In order of first start (a parent before its children).
+  const std::vector<Entry>& entries() const { return entries_; }
+
+ private:
+  std::vector<Entry> entries_;
+};
+
+// Installs `timer` for the calling thread (nullptr = off); returns the previous one.
+StageTimer* SetStageTimer(StageTimer* timer);
+
+// Times its scope as stage `name` (a string literal) when a timer is installed.
+class ScopedStage {
+ public:
+  explicit ScopedStage(const char* name);
+  ~ScopedStage();
+  ScopedStage(const ScopedStage&) = delete;
+  ScopedStage& operator=(const ScopedStage&) = delete;
+
+ private:
+  StageTimer* timer_;
+  std::string path_;
+  int depth_ = 0;
+  std::chrono::steady_clock::time_point start_;
+  double cpu_start_ = 0;
+};
 
 }  // namespace lpdetr

@@ -1,10 +1,14 @@
 #include "model/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 
 #include <ATen/ATen.h>
 #include <torch/nn/modules/activation.h>
+
+#include "model/runtime.h"
 
 namespace lpdetr {
 
@@ -72,9 +76,44 @@ EncoderLayerImpl::EncoderLayerImpl(const ModelConfig& c) {
 at::Tensor EncoderLayerImpl::forward(const at::Tensor& query, const at::Tensor& query_pos,
                                      const at::Tensor& reference_points,
                                      const SpatialShapes& shapes, const at::Tensor& padding_mask) {
-  at::Tensor x = norm1(query + self_attn(query + query_pos, reference_points, query, shapes,
-                                         padding_mask));
+  at::Tensor attn;
+  {
+    ScopedStage stage("deformable attention");
+    attn = self_attn(query + query_pos, reference_points, query, shapes, padding_mask);
+  }
+  ScopedStage stage("norm + ffn");
+  if (UseInferenceFastPath(*this)) return BlockedNormFfn(query, attn);
+  at::Tensor x = norm1(query + attn);
   return norm2(x + Linear(linear2, at::relu(Linear(linear1, x))));
+}
+
+namespace {
+
+// Rows per block of the blocked feed-forward and memory fusion: a
+// [512, 2048] float hidden block is 4 MiB, GEMMs still run near peak.
+constexpr int64_t kRowBlock = 512;
+
+at::Tensor LayerNormOf(const torch::nn::LayerNorm& norm, const at::Tensor& x) {
+  return at::layer_norm(x, norm->options.normalized_shape(), norm->weight, norm->bias,
+                        norm->options.eps());
+}
+
+}  // namespace
+
+at::Tensor EncoderLayerImpl::BlockedNormFfn(const at::Tensor& query, const at::Tensor& attn) {
+  const int64_t e = query.size(-1);
+  const at::Tensor q = query.reshape({-1, e}), a = attn.reshape({-1, e});
+  const int64_t rows = q.size(0);
+  at::Tensor out = at::empty({rows, e}, query.options());
+  const at::Tensor w1 = linear1->weight.t(), w2 = linear2->weight.t();
+  for (int64_t start = 0; start < rows; start += kRowBlock) {
+    const int64_t n = std::min(kRowBlock, rows - start);
+    at::Tensor x = LayerNormOf(norm1, q.narrow(0, start, n) + a.narrow(0, start, n));
+    at::Tensor h = at::addmm(linear1->bias, x, w1).relu_();
+    at::Tensor y = at::addmm(x, h, w2).add_(linear2->bias);
+    out.narrow(0, start, n).copy_(LayerNormOf(norm2, y));
+  }
+  return out.view(query.sizes());
 }
 
 EncoderImpl::EncoderImpl(const ModelConfig& c) {
@@ -100,9 +139,32 @@ at::Tensor EncoderImpl::forward(at::Tensor query, const at::Tensor& query_pos,
     query = layer(query, query_pos, reference_points, shapes, padding_mask);
     outputs.push_back(query);
   }
+  ScopedStage stage("memory fusion");
+  if (UseInferenceFastPath(*this)) return BlockedMemoryFusion(outputs);
   at::Tensor x = at::cat(outputs, -1);
   x = at::relu(Linear(fusion_in_, x));
   return fusion_norm_(Linear(fusion_out_, x));
+}
+
+at::Tensor EncoderImpl::BlockedMemoryFusion(const std::vector<at::Tensor>& outputs) {
+  const at::Tensor& first = outputs.front();
+  const int64_t e = first.size(-1);
+  std::vector<at::Tensor> flat;
+  for (const auto& o : outputs) flat.push_back(o.reshape({-1, e}));
+  const int64_t rows = flat.front().size(0);
+  at::Tensor out = at::empty({rows, fusion_out_->weight.size(0)}, first.options());
+  const at::Tensor w_in = fusion_in_->weight.t(), w_out = fusion_out_->weight.t();
+  std::vector<at::Tensor> parts(flat.size());
+  for (int64_t start = 0; start < rows; start += kRowBlock) {
+    const int64_t n = std::min(kRowBlock, rows - start);
+    for (size_t i = 0; i < flat.size(); ++i) parts[i] = flat[i].narrow(0, start, n);
+    at::Tensor h = at::addmm(fusion_in_->bias, at::cat(parts, 1), w_in).relu_();
+    at::Tensor y = at::addmm(fusion_out_->bias, h, w_out);
+    out.narrow(0, start, n).copy_(LayerNormOf(fusion_norm_, y));
+  }
+  auto shape = first.sizes().vec();
+  shape.back() = out.size(1);
+  return out.view(shape);
 }
 
 // ---------------------------------------------------------------------------
@@ -123,8 +185,16 @@ at::Tensor DecoderLayerImpl::forward(const at::Tensor& query, const at::Tensor& 
                                      const at::Tensor& reference_points, const at::Tensor& value,
                                      const SpatialShapes& shapes, const at::Tensor& padding_mask,
                                      const at::Tensor& logit_bias, const at::Tensor& attn_mask) {
-  at::Tensor x = norm2(query + self_attn(query + query_pos, query, logit_bias, attn_mask));
-  x = norm1(x + cross_attn(x + query_pos, reference_points, value, shapes, padding_mask));
+  at::Tensor x;
+  {
+    ScopedStage stage("self-attention");
+    x = norm2(query + self_attn(query + query_pos, query, logit_bias, attn_mask));
+  }
+  {
+    ScopedStage stage("deformable attention");
+    x = norm1(x + cross_attn(x + query_pos, reference_points, value, shapes, padding_mask));
+  }
+  ScopedStage stage("norm + ffn");
   return norm3(x + Linear(linear2, at::relu(Linear(linear1, x))));
 }
 
@@ -207,12 +277,14 @@ DecoderOutput DecoderImpl::forward(at::Tensor query, at::Tensor reference_points
     }
     query = layers_[l](query, query_pos, ref_input, value, shapes, padding_mask, bias, attn_mask);
 
-    at::Tensor normed = norm(query);
-    at::Tensor output_class = Linear(class_heads_[l], normed);
-    at::Tensor output_coord =
-        (bbox_heads_[l](normed) + InverseSigmoid(reference_points)).sigmoid();
-    classes.push_back(output_class);
-    coords.push_back(output_coord);
+    at::Tensor output_coord;
+    {
+      ScopedStage stage("heads");
+      at::Tensor normed = norm(query);
+      classes.push_back(Linear(class_heads_[l], normed));
+      output_coord = (bbox_heads_[l](normed) + InverseSigmoid(reference_points)).sigmoid();
+      coords.push_back(output_coord);
+    }
     if (l == num_layers - 1) break;
 
     if (!skip_relation && position_relation_embedding) {
@@ -263,19 +335,24 @@ TransformerOutput RelationTransformerImpl::forward(const MultiLevelInput& in,
   TORCH_CHECK(levels == config_.num_feature_levels, "expected ", config_.num_feature_levels,
               " feature levels, got ", levels);
   const int64_t batch = in.feats[0].size(0);
+  auto input_stage = std::make_unique<ScopedStage>("encoder input");
   SpatialShapes shapes;
   std::vector<at::Tensor> feats, masks, pos, ratios, full_refs, level_wh;
+  // Fast path: [B,h*w,E] per level (a view of channels-last maps), joined
+  // into contiguous [B,S,E]; otherwise the official [B,E,S] join, transposed.
+  const bool fast = UseInferenceFastPath(*this);
   for (int64_t l = 0; l < levels; ++l) {
     const int64_t h = in.feats[l].size(2), w = in.feats[l].size(3);
     shapes.push_back({h, w});
-    feats.push_back(in.feats[l].flatten(2));
+    at::Tensor p = in.pos_embeds[l] + level_embeds[l].view({1, -1, 1, 1});
+    feats.push_back(fast ? in.feats[l].flatten(2).transpose(1, 2) : in.feats[l].flatten(2));
+    pos.push_back(fast ? p.flatten(2).transpose(1, 2) : p.flatten(2));
     masks.push_back(in.masks[l].flatten(1));
-    pos.push_back((in.pos_embeds[l] + level_embeds[l].view({1, -1, 1, 1})).flatten(2));
     ratios.push_back(ValidRatio(in.masks[l]));
   }
-  at::Tensor feat_flatten = at::cat(feats, -1).transpose(1, 2);  // [B,S,E]
-  at::Tensor mask_flatten = at::cat(masks, 1);                    // [B,S]
-  at::Tensor pos_flatten = at::cat(pos, -1).transpose(1, 2);      // [B,S,E]
+  at::Tensor feat_flatten = fast ? at::cat(feats, 1) : at::cat(feats, -1).transpose(1, 2);
+  at::Tensor pos_flatten = fast ? at::cat(pos, 1) : at::cat(pos, -1).transpose(1, 2);
+  at::Tensor mask_flatten = at::cat(masks, 1);  // [B,S]
   at::Tensor valid_ratios = at::stack(ratios, 1);                 // [B,Lv,2]
 
   // Reference points (normalized by each image's valid size) and proposals.
@@ -297,8 +374,13 @@ TransformerOutput RelationTransformerImpl::forward(const MultiLevelInput& in,
   at::Tensor proposals =
       at::cat({full_ref, at::cat(level_wh, 0).expand({batch, -1, 2})}, -1);  // [B,S,4]
 
-  at::Tensor memory =
-      encoder(feat_flatten, pos_flatten, enc_reference, shapes, mask_flatten);
+  input_stage.reset();
+  at::Tensor memory;
+  {
+    ScopedStage stage("encoder");
+    memory = encoder(feat_flatten, pos_flatten, enc_reference, shapes, mask_flatten);
+  }
+  auto selection_stage = std::make_unique<ScopedStage>("query selection");
 
   // Encoder output: masked memory, proposals in logit space (+inf where invalid).
   at::Tensor proposals_valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, true);
@@ -338,8 +420,12 @@ TransformerOutput RelationTransformerImpl::forward(const MultiLevelInput& in,
   }
   at::Tensor sine_ratio =
       in.sine_valid_ratio.defined() ? in.sine_valid_ratio : valid_ratios.select(1, 0);
-  out.decoder = decoder(target, reference, memory, shapes, valid_ratios, sine_ratio,
-                        mask_flatten, attn_mask, /*skip_relation=*/false);
+  selection_stage.reset();
+  {
+    ScopedStage stage("decoder");
+    out.decoder = decoder(target, reference, memory, shapes, valid_ratios, sine_ratio,
+                          mask_flatten, attn_mask, /*skip_relation=*/false);
+  }
 
   if (is_training()) {
     at::Tensor hybrid_class_all = Linear(hybrid_class_head, output_memory);

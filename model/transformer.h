@@ -51,6 +51,11 @@ class EncoderLayerImpl : public torch::nn::Module {
                      const at::Tensor& padding_mask);
 
  private:
+  // norm2(x + linear2(relu(linear1(x)))) with x = norm1(query + attn), one
+  // block of rows at a time so the [rows, dim_feedforward] hidden activations
+  // stay in cache (inference fast path).
+  at::Tensor BlockedNormFfn(const at::Tensor& query, const at::Tensor& attn);
+
   MultiScaleDeformableAttention self_attn{nullptr};
   torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};
   torch::nn::Linear linear1{nullptr}, linear2{nullptr};
@@ -65,6 +70,10 @@ class EncoderImpl : public torch::nn::Module {
                      const at::Tensor& padding_mask);
 
  private:
+  // memory_fusion(cat(outputs, -1)) one block of rows at a time (inference
+  // fast path: the [rows, (L+1) E] concatenation stays in cache).
+  at::Tensor BlockedMemoryFusion(const std::vector<at::Tensor>& outputs);
+
   std::vector<EncoderLayer> layers_;
   torch::nn::ModuleList layers{nullptr};
   torch::nn::Sequential memory_fusion{nullptr};

@@ -12,6 +12,8 @@
 #include "model/detector.h"
 #include "model/model_dir.h"
 #include "model/preprocess.h"
+#include "model/runtime.h"
+#include "model/transformer.h"
 
 namespace lpdetr {
 namespace {
@@ -270,6 +272,156 @@ TEST(PreprocessTest, ResizeRuleAndNormalisation) {
   EXPECT_FALSE(b.mask[0][49][69].item<bool>());
   EXPECT_TRUE(b.mask[0][50][0].item<bool>());
   EXPECT_EQ(b.images[0][0][50][0].item<float>(), 0.0f);
+}
+
+// ---------------------------------------------------------------------------
+// Inference fast path (kKernels backend, eval, no grad): folded batch norm,
+// channels-last backbone, row-blocked encoder feed-forward.
+
+class BackendScope {
+ public:
+  explicit BackendScope(OpBackend b) : previous_(GetOpBackend()) { SetOpBackend(b); }
+  ~BackendScope() { SetOpBackend(previous_); }
+
+ private:
+  OpBackend previous_;
+};
+
+// Non-trivial frozen statistics so that folding has something to fold.
+void RandomizeFrozenBatchNorm(torch::nn::Module& m) {
+  at::NoGradGuard g;
+  for (auto& item : m.named_buffers()) {
+    const std::string& name = item.key();
+    at::Tensor& t = item.value();
+    if (name.size() >= 11 && name.compare(name.size() - 11, 11, "running_var") == 0) {
+      t.uniform_(0.5, 2.0);
+    } else if (name.size() >= 6 && name.compare(name.size() - 6, 6, "weight") == 0) {
+      t.uniform_(0.5, 1.5);
+    } else {
+      t.normal_(0, 0.2);
+    }
+  }
+}
+
+double RelativeError(const at::Tensor& a, const at::Tensor& b) {
+  return (a - b).abs().max().item<double>() / b.abs().max().clamp_min(1e-12).item<double>();
+}
+
+TEST(FastPathTest, OnlyForKernelsBackendEvalAndNoGrad) {
+  torch::nn::Linear m(2, 2);
+  m->eval();
+  BackendScope kernels(OpBackend::kKernels);
+  {
+    at::NoGradGuard g;
+    EXPECT_TRUE(UseInferenceFastPath(*m));
+    m->train();
+    EXPECT_FALSE(UseInferenceFastPath(*m)) << "train mode";
+    m->eval();
+    BackendScope composed(OpBackend::kComposed);
+    EXPECT_FALSE(UseInferenceFastPath(*m)) << "reference numerics";
+  }
+  EXPECT_FALSE(UseInferenceFastPath(*m)) << "autograd recording";
+}
+
+TEST(FastPathTest, FoldedBackboneMatchesUnfolded) {
+  at::manual_seed(3);
+  ResNet net("resnet50", std::vector<int>{1, 2, 3});
+  RandomizeFrozenBatchNorm(*net);
+  net->eval();
+  at::Tensor x = at::randn({1, 3, 96, 128});
+  at::NoGradGuard g;
+  std::vector<at::Tensor> ref, fast;
+  {
+    BackendScope b(OpBackend::kComposed);
+    ref = net(x);
+  }
+  {
+    BackendScope b(OpBackend::kKernels);
+    fast = net(x);
+  }
+  ASSERT_EQ(ref.size(), 3u);
+  ASSERT_EQ(fast.size(), 3u);
+  for (size_t i = 0; i < ref.size(); ++i) {
+    EXPECT_EQ(fast[i].sizes(), ref[i].sizes());
+    EXPECT_TRUE(fast[i].is_contiguous(at::MemoryFormat::ChannelsLast)) << "level " << i;
+    EXPECT_LT(RelativeError(fast[i], ref[i]), 1e-4) << "level " << i;
+  }
+  EXPECT_FALSE(at::equal(fast[0], ref[0])) << "the fast path did not run";
+
+  // Fine-tuning updates conv weights in place: the next folded forward must
+  // use the new weights, not a stale fold.
+  for (auto& item : net->named_parameters()) {
+    if (item.key() == "layer2.0.conv1.weight" || item.key() == "conv1.weight") {
+      item.value().mul_(-0.5);
+    }
+  }
+  {
+    BackendScope b(OpBackend::kComposed);
+    ref = net(x);
+  }
+  {
+    BackendScope b(OpBackend::kKernels);
+    fast = net(x);
+  }
+  for (size_t i = 0; i < ref.size(); ++i) {
+    EXPECT_LT(RelativeError(fast[i], ref[i]), 1e-4) << "after the update, level " << i;
+  }
+}
+
+TEST(FastPathTest, FoldIsCachedAndRebuiltWhenSourcesChange) {
+  at::manual_seed(5);
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(8, 16, 3).stride(2).padding(1).bias(false));
+  FrozenBatchNorm2d bn(16);
+  RandomizeFrozenBatchNorm(*bn);
+  at::Tensor x = at::randn({2, 8, 11, 12});
+  at::NoGradGuard g;
+  ConvBnFold fold;
+  auto check = [&](const char* what) {
+    EXPECT_LT(RelativeError(fold.Forward(*conv, *bn, x), bn(conv(x))), 1e-5) << what;
+  };
+  check("first");
+  EXPECT_EQ(fold.builds(), 1);
+  check("cached");
+  EXPECT_EQ(fold.builds(), 1) << "unchanged sources must reuse the fold";
+  conv->weight.add_(0.25);  // in-place update, e.g. an optimizer step
+  check("conv weight changed");
+  EXPECT_EQ(fold.builds(), 2);
+  bn->running_var.mul_(3.0);
+  check("running_var changed");
+  EXPECT_EQ(fold.builds(), 3);
+  conv->weight.set_data(at::randn({16, 8, 3, 3}));  // new storage, same tensor
+  check("conv weight storage replaced");
+  EXPECT_EQ(fold.builds(), 4);
+}
+
+TEST(FastPathTest, BlockedEncoderMatchesReference) {
+  ModelConfig c = ModelConfig::FromJson({{"embed_dim", 32},
+                                         {"num_heads", 4},
+                                         {"dim_feedforward", 96},
+                                         {"enc_layers", 2},
+                                         {"num_feature_levels", 4},
+                                         {"num_points", 2}});
+  at::manual_seed(9);
+  Encoder encoder(c);
+  encoder->eval();
+  // 720 + 180 + 48 + 12 = 960 positions: one full row block and a partial one.
+  const SpatialShapes shapes = {{30, 24}, {15, 12}, {8, 6}, {4, 3}};
+  const int64_t s = 960;
+  at::Tensor query = at::randn({1, s, 32}), pos = at::randn({1, s, 32});
+  at::Tensor ref = at::rand({1, s, 4, 2});
+  at::Tensor mask = at::zeros({1, s}, at::kBool);
+  at::NoGradGuard g;
+  at::Tensor expected, got;
+  {
+    BackendScope b(OpBackend::kComposed);
+    expected = encoder(query, pos, ref, shapes, mask);
+  }
+  {
+    BackendScope b(OpBackend::kKernels);
+    got = encoder(query, pos, ref, shapes, mask);
+  }
+  ASSERT_EQ(got.sizes(), expected.sizes());
+  EXPECT_LT(RelativeError(got, expected), 1e-4);
 }
 
 }  // namespace

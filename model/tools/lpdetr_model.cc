@@ -46,8 +46,12 @@ commands:
       Runs the model on a pre-normalized, padded batch (images [B,3,H,W] f32,
       mask [B,H,W] bool, image_sizes [B,2] i64) and writes every output.
   bench --config CONFIG.json --height H --width W --iters N [--batch B] [--warmup K]
-      Times inference with random weights; prints median seconds per image
-      and peak resident memory.
+        [--stages 0|1] [--ops kernels|composed]
+      Times inference with random weights; prints median seconds per image,
+      peak resident memory and (CPU, unless --stages 0) the mean time of each
+      stage of the forward pass. --ops overrides the operator backend of the
+      numerics mode (composed: the reference float operations, no custom
+      kernels, no folded/blocked inference paths) to compare the two.
   detect --model DIR --image FILE [--score-threshold T] [--max-detections N]
       Decodes, resizes, normalizes and detects; prints JSON detections.
   info (--model DIR | --config CONFIG.json)
@@ -170,6 +174,21 @@ double PeakRssMiB() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB
 }
 
+// User + system CPU time of the whole process (all threads).
+double ProcessCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto sec = [](const timeval& t) { return t.tv_sec + 1e-6 * t.tv_usec; };
+  return sec(usage.ru_utime) + sec(usage.ru_stime);
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 int64_t ParameterCount(const torch::nn::Module& m) {
   int64_t n = 0;
   for (const auto& p : m.parameters()) n += p.numel();
@@ -230,8 +249,17 @@ int RunTensor(int argc, char** argv) {
 // ---------------------------------------------------------------------------
 int Bench(int argc, char** argv) {
   Flags flags(argc, argv, 2,
-              {"config", "height", "width", "iters", "batch", "warmup", "threads", "device", "numerics"});
+              {"config", "height", "width", "iters", "batch", "warmup", "stages", "ops", "threads",
+               "device", "numerics"});
   Setup(flags);
+  const std::string ops = flags.Str("ops", "");
+  if (ops == "composed") {
+    SetOpBackend(OpBackend::kComposed);
+  } else if (ops == "kernels") {
+    SetOpBackend(OpBackend::kKernels);
+  } else if (!ops.empty()) {
+    throw UsageError("--ops must be kernels or composed, got '" + ops + "'");
+  }
   const c10::Device device = ParseDevice(flags);
   ModelConfig config = ModelConfig::FromFile(flags.Required("config"));
   const int64_t height = flags.Int("height", 800), width = flags.Int("width", 1066);
@@ -253,31 +281,62 @@ int Bench(int argc, char** argv) {
 
   at::InferenceMode guard;
   std::vector<double> seconds;
+  // Per-stage breakdown (CPU only: on CUDA the stages would time kernel launches).
+  const bool stages = flags.Int("stages", 1) != 0 && device.is_cpu();
+  StageTimer timer;
+  if (stages) SetStageTimer(&timer);
+  std::vector<double> cpu_seconds;  // process CPU time (robust on a shared machine)
   for (int64_t i = 0; i < warmup + iters; ++i) {
+    if (i == warmup) timer.Clear();
+    const double cpu0 = ProcessCpuSeconds();
     const auto t0 = std::chrono::steady_clock::now();
     DetectorOutput out = model(batch);
-    auto dets = LpDetrImpl::PostProcess(out.pred_logits, out.pred_boxes,
-                                        at::tensor({height, width}).repeat({batch_size, 1}),
-                                        config.num_select);
-    (void)dets[0].scores.sum().item<float>();  // synchronise
+    std::vector<Detections> dets;
+    {
+      ScopedStage stage("post-process");
+      dets = LpDetrImpl::PostProcess(out.pred_logits, out.pred_boxes,
+                                     at::tensor({height, width}).repeat({batch_size, 1}),
+                                     config.num_select);
+      (void)dets[0].scores.sum().item<float>();  // synchronise
+    }
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (i >= warmup) seconds.push_back(dt / static_cast<double>(batch_size));
+    if (i >= warmup) {
+      seconds.push_back(dt / static_cast<double>(batch_size));
+      cpu_seconds.push_back((ProcessCpuSeconds() - cpu0) / static_cast<double>(batch_size));
+    }
   }
-  std::sort(seconds.begin(), seconds.end());
-  const double median = seconds.size() % 2 ? seconds[seconds.size() / 2]
-                                           : 0.5 * (seconds[seconds.size() / 2 - 1] +
-                                                    seconds[seconds.size() / 2]);
+  SetStageTimer(nullptr);
+  const double total = std::accumulate(seconds.begin(), seconds.end(), 0.0) /
+                       static_cast<double>(iters);
+  const double median = Median(seconds);
   std::printf("model: %s (%s, %s, relation heads %d/%d)\n", config.name.c_str(),
               RelationVariantName(config.relation_variant), config.backbone.c_str(),
               config.relation_heads, config.num_heads);
-  std::printf("input: %lld x %lld, batch %lld, device %s, intra-op threads %d\n",
+  std::printf("input: %lld x %lld, batch %lld, device %s, intra-op threads %d, ops %s\n",
               static_cast<long long>(height), static_cast<long long>(width),
-              static_cast<long long>(batch_size), device.str().c_str(), at::get_num_threads());
+              static_cast<long long>(batch_size), device.str().c_str(), at::get_num_threads(),
+              GetOpBackend() == OpBackend::kKernels ? "kernels" : "composed");
   std::printf("iterations: %lld (after %lld warm-up)\n", static_cast<long long>(iters),
               static_cast<long long>(warmup));
   std::printf("median seconds per image: %.3f\n", median);
-  std::printf("min seconds per image: %.3f\n", seconds.front());
+  std::printf("min seconds per image: %.3f\n", *std::min_element(seconds.begin(), seconds.end()));
+  std::printf("median process CPU seconds per image: %.3f\n", Median(cpu_seconds));
   std::printf("peak RSS MiB: %.1f\n", PeakRssMiB());
+  if (stages) {
+    // Mean seconds per image of each stage: wall clock and the main thread's
+    // CPU time (all the work when --threads 1 and OPENBLAS_NUM_THREADS=1).
+    // Nested stages are indented and included in their parent; "(other)" is
+    // what no stage covers.
+    const double per = static_cast<double>(iters * batch_size);
+    double top = 0;
+    std::printf("stages (mean per image, nested stages indented):  wall s  thread-CPU s\n");
+    for (const auto& e : timer.entries()) {
+      if (e.depth == 0) top += e.seconds;
+      std::printf("  %*s%-*s %8.3f %8.3f\n", 2 * e.depth, "", 40 - 2 * e.depth, e.name.c_str(),
+                  e.seconds / per, e.cpu_seconds / per);
+    }
+    std::printf("  %-40s %8.3f\n", "(other)", total - top / per);
+  }
   return 0;
 }
 
