@@ -5,8 +5,8 @@
 // Usage: relation_bench [--variant lp-detr|relation-detr] [--sizes 300,900,1500,3000]
 //                       [--batches 1,4] [--iters 5] [--heads 8]
 //                       [--composed-limit-gib 6] [--threads 0]
-// --threads sets the ATen intra-op threads of the measured runs (0: LibTorch's
-// default).
+// --threads sets the ATen intra-op threads of the measured runs (0: all
+// cores); the math libraries are set up as in every binary (model/runtime.h).
 // Composed runs whose extrapolated memory exceeds --composed-limit-gib are
 // skipped and their estimated need is printed instead. "op MiB" is the peak
 // RSS minus the child's RSS right before the first call (LibTorch, inputs).
@@ -54,7 +54,7 @@ std::vector<int64_t> ParseList(const std::string& s) {
 // Child: one configuration; prints "<median seconds> <baseline MiB>".
 int RunOne(const std::string& variant, const std::string& impl, int64_t n, int64_t b,
            const std::string& mode, int iters, int64_t heads, int threads) {
-  if (threads > 0) at::set_num_threads(threads);
+  ApplyNumerics(Numerics::kFast, threads);
   at::manual_seed(0);
   SetOpBackend(impl == "fused" ? OpBackend::kKernels : OpBackend::kComposed);
   const bool lp = variant == "lp-detr";
@@ -162,6 +162,7 @@ int RunAll(const Options& o) {
 }  // namespace lpdetr
 
 int main(int argc, char** argv) {
+  lpdetr::ConfigureProcess(argv, lpdetr::Numerics::kFast);
   std::vector<std::string> args(argv + 1, argv + argc);
   if (!args.empty() && args[0] == "--run" && args.size() == 9) {
     return lpdetr::RunOne(args[1], args[2], std::stoll(args[3]), std::stoll(args[4]), args[5],

@@ -12,8 +12,9 @@
 //               decoder amplifies 1e-7 input differences into visible output
 //               differences, so parity with a reference needs its exact
 //               numerics, not just the same maths.
-// Both modes make idle OpenMP workers sleep (OMP_WAIT_POLICY=PASSIVE), so
-// that they do not compete with OpenBLAS's threads for the cores.
+// Both modes make idle OpenMP workers and idle OpenBLAS workers sleep
+// (OMP_WAIT_POLICY=PASSIVE, OPENBLAS_THREAD_TIMEOUT=4), so that neither pool
+// spins on cores the other needs.
 // Variables the user already set are left alone.
 #pragma once
 
