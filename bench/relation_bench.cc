@@ -90,6 +90,7 @@ struct Row {
 };
 
 int RunAll(const Options& o) {
+  ApplyNumerics(Numerics::kFast, o.threads);  // the children's setting, for the header
   std::printf("relation_bench: variant %s, K = %lld heads, %d ATen threads, median of %d\n",
               o.variant.c_str(), static_cast<long long>(o.heads),
               o.threads > 0 ? o.threads : at::get_num_threads(), o.iters);

@@ -35,7 +35,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
-#include "health.grpc.pb.h"
+#include "grpc_health/v1/health.grpc.pb.h"
 #include "lpdetr/v1/detection.grpc.pb.h"
 #include "lpdetr/v1/model.grpc.pb.h"
 #include "reflection.grpc.pb.h"
