@@ -1,7 +1,8 @@
 // End-to-end tests of the real lpdetr-server binary on 127.0.0.1 (ports
 // picked by the server: port 0, read back from its "startup" log line),
 // through generated C++ stubs: Detect / DetectStream round trips, ModelService,
-// health (Check, Watch), reflection, /metrics (checked by promtool), every bad
+// health (Check, Watch), reflection, /metrics (checked by promtool and scraped
+// by a real Prometheus), every bad
 // input of issue 4 item 8, overload, deadlines and cancellation, graceful
 // shutdown under load, TLS and mutual TLS with certificates made by openssl.
 #include <fcntl.h>
@@ -39,7 +40,12 @@
 #include "lpdetr/v1/detection.grpc.pb.h"
 #include "lpdetr/v1/model.grpc.pb.h"
 #include "reflection.grpc.pb.h"
+#include "tests/metrics/prometheus_util.h"
 #include "tests/test_paths.h"
+
+#ifndef LPDETR_PROMETHEUS
+#define LPDETR_PROMETHEUS ""
+#endif
 
 namespace lpdetr::server {
 namespace {
@@ -473,6 +479,100 @@ TEST_F(ServerTest, MetricsPassPromtool) {
   const fs::path file = *dir_ / "metrics.txt";
   std::ofstream(file) << text;
   EXPECT_EQ(Shell("promtool check metrics < " + file.string()), 0) << text;
+}
+
+// The value of the sample `name{labels...}` in Prometheus text (labels in any
+// order; every pair in `labels` must match), or -1 when there is none.
+double SampleValue(const std::string& text, const std::string& name,
+                   const std::vector<std::string>& labels) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(name + "{", 0) != 0) continue;
+    const size_t close = line.find("} ");
+    if (close == std::string::npos) continue;
+    const std::string label_text = line.substr(name.size(), close - name.size() + 1);
+    bool all = true;
+    for (const std::string& l : labels) all = all && label_text.find(l) != std::string::npos;
+    if (all) return std::stod(line.substr(close + 2));
+  }
+  return -1;
+}
+
+TEST_F(ServerTest, PrometheusScrapesTheServer) {
+  const std::string prometheus =
+      metrics::testing::ToolPath("LPDETR_PROMETHEUS", LPDETR_PROMETHEUS);
+  if (prometheus.empty()) GTEST_SKIP() << "prometheus not found (Debian package prometheus)";
+  // A fresh server: its counters hold exactly this test's calls.
+  std::unique_ptr<ServerProcess> s(StartServer("prometheus", {}));
+  ASSERT_GT(s->metrics_port(), 0);
+  // Prometheus starts while the calls run.
+  metrics::testing::PrometheusServer prom(prometheus, "lpdetr-server", {s->metrics_port()});
+
+  auto ch = s->Channel();
+  const int ok_calls = 5, bad_calls = 2;
+  for (int i = 0; i < ok_calls; ++i) {
+    DetectResponse resp;
+    grpc::Status st = Detect(ch, Request({i % 2 ? jpeg_ : png_}), &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  const std::string empty;
+  for (int i = 0; i < bad_calls; ++i) {
+    DetectResponse resp;
+    EXPECT_EQ(Detect(ch, Request({&empty}), &resp).error_code(), grpc::INVALID_ARGUMENT);
+  }
+
+  // The server's own /metrics has counted every call (it may count just after
+  // answering); from then on the counters stay put.
+  const std::vector<std::string> ok_labels = {"method=\"Detect\"", "code=\"OK\""};
+  const std::vector<std::string> bad_labels = {"method=\"Detect\"", "code=\"INVALID_ARGUMENT\""};
+  std::string text;
+  for (int tries = 0; tries < 100; ++tries) {
+    text = HttpGet(s->metrics_port(), "/metrics");
+    if (SampleValue(text, "lpdetr_requests_total", ok_labels) == ok_calls &&
+        SampleValue(text, "lpdetr_requests_total", bad_labels) == bad_calls) {
+      break;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_EQ(SampleValue(text, "lpdetr_requests_total", ok_labels), ok_calls) << text;
+  ASSERT_EQ(SampleValue(text, "lpdetr_requests_total", bad_labels), bad_calls) << text;
+  const double counted_at =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+
+  // Wait for a scrape taken after that (timestamp() is the sample's scrape
+  // time; 0.1 s covers Prometheus' timestamp alignment), then read the value.
+  const std::string ok_series =
+      "lpdetr_requests_total{job=\"lpdetr-server\",method=\"Detect\",code=\"OK\"}";
+  json stamp = prom.WaitFor(
+      "timestamp(" + ok_series + ")",
+      [&](const json& r) {
+        return r.size() == 1 && std::stod(r[0]["value"][1].get<std::string>()) > counted_at + 0.1;
+      },
+      25s);
+  ASSERT_TRUE(prom.Running()) << "prometheus exited early:\n" << prom.Log();
+  ASSERT_EQ(stamp.size(), 1u) << "no sample after the calls within 25 s: " << stamp.dump()
+                              << "\nlog:\n" << prom.Log();
+  ASSERT_GT(std::stod(stamp[0]["value"][1].get<std::string>()), counted_at + 0.1)
+      << "no scrape after the calls within 25 s: " << stamp.dump();
+
+  json ok = prom.Query(ok_series);
+  ASSERT_EQ(ok.size(), 1u) << ok.dump();
+  EXPECT_EQ(ok[0]["metric"]["instance"], "127.0.0.1:" + std::to_string(s->metrics_port()));
+  EXPECT_EQ(std::stod(ok[0]["value"][1].get<std::string>()), ok_calls) << ok.dump();
+  json bad = prom.Query(
+      "lpdetr_requests_total{job=\"lpdetr-server\",method=\"Detect\",code=\"INVALID_ARGUMENT\"}");
+  ASSERT_EQ(bad.size(), 1u) << bad.dump();
+  EXPECT_EQ(std::stod(bad[0]["value"][1].get<std::string>()), bad_calls) << bad.dump();
+  // No other Detect series: the total over all codes is exactly the calls made.
+  json all = prom.Query("sum(lpdetr_requests_total{job=\"lpdetr-server\",method=\"Detect\"})");
+  ASSERT_EQ(all.size(), 1u) << all.dump();
+  EXPECT_EQ(std::stod(all[0]["value"][1].get<std::string>()), ok_calls + bad_calls);
+
+  json up = prom.Query("up{job=\"lpdetr-server\"}");
+  ASSERT_EQ(up.size(), 1u) << up.dump();
+  EXPECT_EQ(up[0]["value"][1], "1");
+  EXPECT_EQ(prom.Stop(), 0) << prom.Log();
 }
 
 TEST_F(ServerTest, BadInputIsRejectedAndTheServerKeepsServing) {
