@@ -404,9 +404,10 @@ TEST(FastPathTest, BlockedEncoderMatchesReference) {
   at::manual_seed(9);
   Encoder encoder(c);
   encoder->eval();
-  // 720 + 180 + 48 + 12 = 960 positions: one full row block and a partial one.
-  const SpatialShapes shapes = {{30, 24}, {15, 12}, {8, 6}, {4, 3}};
-  const int64_t s = 960;
+  // 1920 + 480 + 120 + 30 = 2550 positions: one full 2048-row block and a
+  // partial one.
+  const SpatialShapes shapes = {{48, 40}, {24, 20}, {12, 10}, {6, 5}};
+  const int64_t s = 2550;
   at::Tensor query = at::randn({1, s, 32}), pos = at::randn({1, s, 32});
   at::Tensor ref = at::rand({1, s, 4, 2});
   at::Tensor mask = at::zeros({1, s}, at::kBool);
