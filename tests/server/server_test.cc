@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -728,7 +729,7 @@ TEST_F(ServerTest, OverloadGetsResourceExhaustedWithoutCrashing) {
 
 TEST_F(ServerTest, SigtermDuringLoadLosesNoAcceptedRequest) {
   std::unique_ptr<ServerProcess> s(StartServer(
-      "shutdown", {"--max_batch_size=2", "--max_queue_size=64", "--shutdown_timeout_s=60"}));
+      "shutdown", {"--max_batch_size=1", "--max_queue_size=64", "--shutdown_timeout_s=60"}));
   auto ch = s->Channel();
   auto health = grpc::health::v1::Health::NewStub(ch);
   grpc::ClientContext wctx;
@@ -747,24 +748,27 @@ TEST_F(ServerTest, SigtermDuringLoadLosesNoAcceptedRequest) {
   ASSERT_TRUE(idle->Read(&first));
   EXPECT_EQ(first.results_size(), 1);
 
-  const int n = 12;
+  // Enough work (24 requests of 3 images, one request per batch) that the
+  // queue stays deep for seconds, however fast inference is.
+  const int n = 24;
   std::vector<grpc::Status> results(n);
   std::vector<std::thread> clients;
   for (int i = 0; i < n; ++i) {
     clients.emplace_back([&, i] {
       DetectResponse resp;
-      results[i] = Detect(ch, Request({png_, jpeg_}), &resp, 120s);
-      if (results[i].ok()) EXPECT_EQ(resp.results_size(), 2);
+      results[i] = Detect(ch, Request({png_, jpeg_, png_}), &resp, 120s);
+      if (results[i].ok()) EXPECT_EQ(resp.results_size(), 3);
     });
   }
-  // Wait until the requests are queued, then SIGTERM.
-  for (int tries = 0; tries < 200; ++tries) {
+  // Wait until several requests are queued, then SIGTERM.
+  for (int tries = 0; tries < 500; ++tries) {
     const std::string text = HttpGet(s->metrics_port(), "/metrics");
-    if (text.find("lpdetr_queue_depth 0") == std::string::npos &&
-        text.find("lpdetr_queue_depth ") != std::string::npos) {
+    const size_t at = text.find("\nlpdetr_queue_depth ");
+    if (at != std::string::npos &&
+        std::atof(text.c_str() + at + std::strlen("\nlpdetr_queue_depth ")) >= 4) {
       break;
     }
-    std::this_thread::sleep_for(20ms);
+    std::this_thread::sleep_for(10ms);
   }
   s->Signal(SIGTERM);
   std::vector<grpc::health::v1::HealthCheckResponse::ServingStatus> seen;
