@@ -251,40 +251,47 @@ struct Registry::Impl {
 Registry::Registry() : impl_(std::make_unique<Impl>()) {}
 Registry::~Registry() = default;
 
+template <typename T>
+Family<T>& Registry::AddFamily(const std::string& name, const std::string& help, bool histogram,
+                               std::function<std::unique_ptr<T>()> make) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  auto& entry = impl_->Reserve(name, histogram);
+  entry.help = help;
+  std::unique_ptr<Family<T>>* slot;
+  if constexpr (std::is_same_v<T, Counter>) {
+    slot = &entry.counter;
+  } else if constexpr (std::is_same_v<T, Gauge>) {
+    slot = &entry.gauge;
+  } else {
+    slot = &entry.histogram;
+  }
+  slot->reset(new Family<T>());
+  auto state = std::make_shared<typename Family<T>::State>();
+  state->name = name;
+  state->histogram = histogram;
+  state->make = std::move(make);
+  (*slot)->state_ = std::move(state);
+  return **slot;
+}
+
 Family<Counter>& Registry::AddCounter(const std::string& name, const std::string& help) {
   if (!EndsWith(name, "_total")) {
     ValidateMetricName(name);
     throw std::invalid_argument("counter name '" + name + "' must end in '_total'");
   }
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  auto& entry = impl_->Reserve(name, false);
-  entry.help = help;
-  entry.counter.reset(new Family<Counter>());
-  auto state = std::make_shared<Family<Counter>::State>();
-  state->name = name;
-  state->make = [] {
+  return AddFamily<Counter>(name, help, false, [] {
     auto c = std::make_unique<Counter>();
     c->state_ = std::make_shared<Counter::State>();
     return c;
-  };
-  entry.counter->state_ = std::move(state);
-  return *entry.counter;
+  });
 }
 
 Family<Gauge>& Registry::AddGauge(const std::string& name, const std::string& help) {
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  auto& entry = impl_->Reserve(name, false);
-  entry.help = help;
-  entry.gauge.reset(new Family<Gauge>());
-  auto state = std::make_shared<Family<Gauge>::State>();
-  state->name = name;
-  state->make = [] {
+  return AddFamily<Gauge>(name, help, false, [] {
     auto g = std::make_unique<Gauge>();
     g->state_ = std::make_shared<Gauge::State>();
     return g;
-  };
-  entry.gauge->state_ = std::move(state);
-  return *entry.gauge;
+  });
 }
 
 Family<Histogram>& Registry::AddHistogram(const std::string& name, const std::string& help,
@@ -302,21 +309,12 @@ Family<Histogram>& Registry::AddHistogram(const std::string& name, const std::st
                                   FormatValue(buckets[i - 1]) + " then " + FormatValue(buckets[i]));
     }
   }
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  auto& entry = impl_->Reserve(name, true);
-  entry.help = help;
-  entry.histogram.reset(new Family<Histogram>());
-  auto state = std::make_shared<Family<Histogram>::State>();
-  state->name = name;
-  state->histogram = true;
   auto bounds = std::make_shared<const std::vector<double>>(std::move(buckets));
-  state->make = [bounds] {
+  return AddFamily<Histogram>(name, help, true, [bounds] {
     auto h = std::make_unique<Histogram>();
     h->state_ = std::make_shared<Histogram::State>(bounds);
     return h;
-  };
-  entry.histogram->state_ = std::move(state);
-  return *entry.histogram;
+  });
 }
 
 namespace {

@@ -10,6 +10,7 @@
 // valid for the registry's lifetime.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -89,6 +90,11 @@ class Registry {
   std::string Serialize() const;
 
  private:
+  // Registers a family whose children `make` creates (defined in metrics.cc).
+  template <typename T>
+  Family<T>& AddFamily(const std::string& name, const std::string& help, bool histogram,
+                       std::function<std::unique_ptr<T>()> make);
+
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
