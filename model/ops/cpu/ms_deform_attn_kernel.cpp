@@ -28,6 +28,7 @@
 #include <torch/library.h>
 
 #include "model/ops/ms_deform_attn.h"
+#include "model/ops/ms_deform_attn_corners.h"
 
 namespace lpdetr::ops {
 namespace {
@@ -115,38 +116,6 @@ class Avx2Vec {
 };
 #endif
 
-// The bilinear corners of one sampling point: position (y * w + x) inside the
-// level, or -1 for a corner outside the map, and the corner weights.
-template <typename T>
-struct Corners {
-  int64_t pos[4];  // (y0, x0), (y0, x1), (y1, x0), (y1, x1)
-  T weight[4];
-  T fx, fy;        // fractional parts of the pixel coordinate
-};
-
-// Official condition: a point contributes when its pixel coordinate lies in
-// (-1, size) on both axes; corners outside the map read zeros.
-template <typename T>
-inline bool MakeCorners(T loc_x, T loc_y, int64_t h, int64_t w, Corners<T>* c) {
-  const T x = loc_x * static_cast<T>(w) - T(0.5);
-  const T y = loc_y * static_cast<T>(h) - T(0.5);
-  if (!(x > T(-1) && y > T(-1) && x < static_cast<T>(w) && y < static_cast<T>(h))) return false;
-  const T xf = std::floor(x), yf = std::floor(y);
-  const int64_t x0 = static_cast<int64_t>(xf), y0 = static_cast<int64_t>(yf);
-  const T fx = x - xf, fy = y - yf;
-  c->fx = fx;
-  c->fy = fy;
-  const bool x0_in = x0 >= 0, x1_in = x0 + 1 < w, y0_in = y0 >= 0, y1_in = y0 + 1 < h;
-  c->pos[0] = (y0_in && x0_in) ? y0 * w + x0 : -1;
-  c->pos[1] = (y0_in && x1_in) ? y0 * w + x0 + 1 : -1;
-  c->pos[2] = (y1_in && x0_in) ? (y0 + 1) * w + x0 : -1;
-  c->pos[3] = (y1_in && x1_in) ? (y0 + 1) * w + x0 + 1 : -1;
-  c->weight[0] = (1 - fy) * (1 - fx);
-  c->weight[1] = (1 - fy) * fx;
-  c->weight[2] = fy * (1 - fx);
-  c->weight[3] = fy * fx;
-  return true;
-}
 
 template <typename T, typename Vec>
 void ForwardRows(const Dims& n, const int64_t* shapes, const int64_t* starts, const T* value,

@@ -4,6 +4,7 @@
 // backward scatters grad_value with atomics and reduces the per-sample dot
 // products for grad_locations / grad_weights across the warp.
 #include "model/ops/cuda/ms_deform_attn_kernel.cuh"
+#include "model/ops/ms_deform_attn_corners.h"
 
 namespace lpdetr::ops::cuda {
 namespace {
@@ -43,36 +44,6 @@ __device__ __forceinline__ __nv_bfloat16 Cast<__nv_bfloat16>(float v) {
   return __float2bfloat16(v);
 }
 
-// Bilinear corners of one point (official condition: pixel in (-1, size)).
-template <typename A>
-struct Corners {
-  int64_t pos[4];  // (y0,x0), (y0,x1), (y1,x0), (y1,x1); -1 outside the map
-  A weight[4];
-  A fx, fy;
-};
-
-template <typename A>
-__device__ __forceinline__ bool MakeCorners(A loc_x, A loc_y, int64_t h, int64_t w,
-                                            Corners<A>* c) {
-  const A x = loc_x * static_cast<A>(w) - A(0.5);
-  const A y = loc_y * static_cast<A>(h) - A(0.5);
-  if (!(x > A(-1) && y > A(-1) && x < static_cast<A>(w) && y < static_cast<A>(h))) return false;
-  const A xf = floor(x), yf = floor(y);
-  const int64_t x0 = static_cast<int64_t>(xf), y0 = static_cast<int64_t>(yf);
-  const A fx = x - xf, fy = y - yf;
-  c->fx = fx;
-  c->fy = fy;
-  const bool x0_in = x0 >= 0, x1_in = x0 + 1 < w, y0_in = y0 >= 0, y1_in = y0 + 1 < h;
-  c->pos[0] = (y0_in && x0_in) ? y0 * w + x0 : -1;
-  c->pos[1] = (y0_in && x1_in) ? y0 * w + x0 + 1 : -1;
-  c->pos[2] = (y1_in && x0_in) ? (y0 + 1) * w + x0 : -1;
-  c->pos[3] = (y1_in && x1_in) ? (y0 + 1) * w + x0 + 1 : -1;
-  c->weight[0] = (A(1) - fy) * (A(1) - fx);
-  c->weight[1] = (A(1) - fy) * fx;
-  c->weight[2] = fy * (A(1) - fx);
-  c->weight[3] = fy * fx;
-  return true;
-}
 
 template <typename T>
 __global__ void ForwardKernel(MsDeformAttnDims n, LevelTable levels, const T* __restrict__ value,
