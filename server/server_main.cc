@@ -32,6 +32,7 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "model/runtime.h"
 #include "server/detection_service.h"
@@ -88,6 +89,14 @@ std::set<std::string> ExplicitFlags(int argc, char** argv) {
   return names;
 }
 
+// True for flags defined in this file (the server's own), false for Abseil's
+// built-in ones such as --flagfile. Abseil reports a flag's file normalised
+// (leading slashes stripped, and ccache may have made __FILE__ relative), so
+// compare the trailing path rather than the whole string.
+bool IsServerFlag(const absl::CommandLineFlag& flag) {
+  return absl::EndsWith(flag.Filename(), "server/server_main.cc");
+}
+
 absl::Status ApplyConfigFile(const std::string& path, const std::set<std::string>& explicit_flags,
                              json* applied) {
   std::ifstream in(path);
@@ -104,7 +113,7 @@ absl::Status ApplyConfigFile(const std::string& path, const std::set<std::string
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& key = it.key();
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(key);
-    if (key == "config" || flag == nullptr || flag->Filename() != __FILE__) {
+    if (key == "config" || flag == nullptr || !IsServerFlag(*flag)) {
       return absl::InvalidArgumentError(
           absl::StrCat("--config ", path, ": unknown key '", key, "'"));
     }
