@@ -2,6 +2,9 @@
 
 #include <time.h>
 #include <unistd.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <atomic>
 #include <cstdlib>
@@ -47,9 +50,32 @@ bool SetDefault(const char* name, const char* value) {
   return true;
 }
 
+// Keeps freed tensor memory in the process for reuse (glibc malloc only).
+// By default glibc serves every block above a dynamic threshold with a fresh
+// mmap and gives it back on free, and trims the heap top above ~128 KiB, so
+// each inference faulted in its activations again: ~127k page faults and
+// 0.36 s of kernel time per R50 800x1066 image (10% of the wall time). With
+// these settings the steady state has no page faults. The user's own
+// GLIBC_TUNABLES / MALLOC_*_ settings win.
+void ConfigureAllocator() {
+#if defined(__GLIBC__)
+  if (std::getenv("GLIBC_TUNABLES") != nullptr) return;
+  if (std::getenv("MALLOC_MMAP_THRESHOLD_") == nullptr) {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's maximum: larger blocks still use mmap
+  }
+  if (std::getenv("MALLOC_TRIM_THRESHOLD_") == nullptr) {
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);  // give memory back only above 1 GiB free at the top
+  }
+  if (std::getenv("MALLOC_TOP_PAD_") == nullptr) {
+    mallopt(M_TOP_PAD, 64 << 20);  // grow the heap in 64 MiB steps
+  }
+#endif
+}
+
 }  // namespace
 
 void ConfigureProcess(char** argv, Numerics numerics) {
+  ConfigureAllocator();
   if (std::getenv(kMarker) != nullptr) return;  // already re-executed
   // Idle OpenMP workers sleep instead of spinning: ATen's OpenMP pool and
   // OpenBLAS's own threads share the cores, and spinning workers stole half

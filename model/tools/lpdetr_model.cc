@@ -174,6 +174,20 @@ double PeakRssMiB() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB
 }
 
+// Minor + major page faults of the whole process so far.
+double PageFaults() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_minflt + usage.ru_majflt);
+}
+
+// System CPU time of the whole process (page faults, thread wake-ups).
+double ProcessSystemSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_stime.tv_sec + 1e-6 * usage.ru_stime.tv_usec;
+}
+
 // User + system CPU time of the whole process (all threads).
 double ProcessCpuSeconds() {
   rusage usage{};
@@ -286,9 +300,10 @@ int Bench(int argc, char** argv) {
   StageTimer timer;
   if (stages) SetStageTimer(&timer);
   std::vector<double> cpu_seconds;  // process CPU time (robust on a shared machine)
+  std::vector<double> sys_seconds, faults;
   for (int64_t i = 0; i < warmup + iters; ++i) {
     if (i == warmup) timer.Clear();
-    const double cpu0 = ProcessCpuSeconds();
+    const double cpu0 = ProcessCpuSeconds(), sys0 = ProcessSystemSeconds(), faults0 = PageFaults();
     const auto t0 = std::chrono::steady_clock::now();
     DetectorOutput out = model(batch);
     std::vector<Detections> dets;
@@ -303,6 +318,8 @@ int Bench(int argc, char** argv) {
     if (i >= warmup) {
       seconds.push_back(dt / static_cast<double>(batch_size));
       cpu_seconds.push_back((ProcessCpuSeconds() - cpu0) / static_cast<double>(batch_size));
+      sys_seconds.push_back((ProcessSystemSeconds() - sys0) / static_cast<double>(batch_size));
+      faults.push_back((PageFaults() - faults0) / static_cast<double>(batch_size));
     }
   }
   SetStageTimer(nullptr);
@@ -321,6 +338,8 @@ int Bench(int argc, char** argv) {
   std::printf("median seconds per image: %.3f\n", median);
   std::printf("min seconds per image: %.3f\n", *std::min_element(seconds.begin(), seconds.end()));
   std::printf("median process CPU seconds per image: %.3f\n", Median(cpu_seconds));
+  std::printf("  of which system (kernel) seconds: %.3f\n", Median(sys_seconds));
+  std::printf("median page faults per image: %.0f\n", Median(faults));
   std::printf("peak RSS MiB: %.1f\n", PeakRssMiB());
   if (stages) {
     // Mean seconds per image of each stage: wall clock and the main thread's
