@@ -342,5 +342,6 @@ int Main(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   lpdetr::ConfigureProcess(argv, lpdetr::Numerics::kFast);
+  lpdetr::RetainFreedMemory();
   return lpdetr::server::Main(argc, argv);
 }

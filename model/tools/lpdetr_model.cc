@@ -451,6 +451,7 @@ int Info(int argc, char** argv) {
 int main(int argc, char** argv) {
   lpdetr::g_numerics = lpdetr::NumericsFromArgs(argc, argv);
   lpdetr::ConfigureProcess(argv, lpdetr::g_numerics);
+  lpdetr::RetainFreedMemory();
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::fputs(lpdetr::kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
