@@ -27,6 +27,7 @@
 #include <torch/autograd.h>
 
 #include "bench/bench_util.h"
+#include "model/ops/cpu_isa.h"
 #include "model/relation.h"
 #include "model/runtime.h"
 
@@ -91,9 +92,12 @@ struct Row {
 
 int RunAll(const Options& o) {
   ApplyNumerics(Numerics::kFast, o.threads);  // the children's setting, for the header
-  std::printf("relation_bench: variant %s, K = %lld heads, %d ATen threads, median of %d\n",
-              o.variant.c_str(), static_cast<long long>(o.heads),
-              o.threads > 0 ? o.threads : at::get_num_threads(), o.iters);
+  std::printf(
+      "relation_bench: variant %s, K = %lld heads, %d ATen threads, CPU kernels %s, median of "
+      "%d\n",
+      o.variant.c_str(), static_cast<long long>(o.heads),
+      o.threads > 0 ? o.threads : at::get_num_threads(),
+      lpdetr::ops::CpuIsaName(lpdetr::ops::CpuKernelIsa()), o.iters);
   std::printf("%6s %3s %-8s | %12s %12s %9s | %10s %10s %10s %10s | %8s %8s\n", "N", "B", "mode",
               "composed s", "fused s", "speedup", "comp peak", "fused peak", "comp op", "fused op",
               "peak x", "op x");

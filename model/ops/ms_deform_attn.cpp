@@ -125,19 +125,5 @@ void MsDeformAttnCheckInputs(const at::Tensor& value, const at::Tensor& spatial_
   }
 }
 
-void CheckCpuKernelsSupported(const char* op_name) {
-#if defined(LPDETR_CPU_AVX2) && (defined(__x86_64__) || defined(__i386__))
-  static const bool supported = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  TORCH_CHECK(supported, op_name,
-              ": the CPU kernels were built for AVX2 + FMA, which this CPU lacks; rebuild with "
-              "-DLPDETR_CPU_AVX2=OFF or select the composed operators (OpBackend::kComposed)");
-#else
-  (void)op_name;
-#endif
-}
-
 }  // namespace detail
 }  // namespace lpdetr::ops

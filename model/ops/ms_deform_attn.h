@@ -35,9 +35,5 @@ void MsDeformAttnCheckInputs(const at::Tensor& value, const at::Tensor& spatial_
                              const at::Tensor& attention_weights,
                              const at::Tensor& grad_output);
 
-// TORCH_CHECKs that this CPU runs the AVX2 + FMA kernels when they were
-// compiled for it (LPDETR_CPU_AVX2). Compiled without AVX2 flags.
-void CheckCpuKernelsSupported(const char* op_name);
-
 }  // namespace detail
 }  // namespace lpdetr::ops

@@ -27,6 +27,7 @@
 #include "model/config.h"
 #include "model/detector.h"
 #include "model/model_dir.h"
+#include "model/ops/cpu_isa.h"
 #include "model/preprocess.h"
 #include "model/runtime.h"
 #include "model/safetensors.h"
@@ -329,10 +330,13 @@ int Bench(int argc, char** argv) {
   std::printf("model: %s (%s, %s, relation heads %d/%d)\n", config.name.c_str(),
               RelationVariantName(config.relation_variant), config.backbone.c_str(),
               config.relation_heads, config.num_heads);
-  std::printf("input: %lld x %lld, batch %lld, device %s, intra-op threads %d, ops %s\n",
+  std::printf("input: %lld x %lld, batch %lld, device %s, intra-op threads %d, ops %s%s\n",
               static_cast<long long>(height), static_cast<long long>(width),
               static_cast<long long>(batch_size), device.str().c_str(), at::get_num_threads(),
-              GetOpBackend() == OpBackend::kKernels ? "kernels" : "composed");
+              GetOpBackend() == OpBackend::kKernels ? "kernels" : "composed",
+              GetOpBackend() == OpBackend::kKernels && device.is_cpu()
+                  ? (std::string(" (CPU ") + ops::CpuIsaName(ops::CpuKernelIsa()) + ")").c_str()
+                  : "");
   std::printf("iterations: %lld (after %lld warm-up)\n", static_cast<long long>(iters),
               static_cast<long long>(warmup));
   std::printf("median seconds per image: %.3f\n", median);

@@ -27,6 +27,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "model/ops/cpu_isa.h"
 #include "model/ops/ms_deform_attn.h"
 #include "model/ops/ms_deform_attn_corners.h"
 
@@ -229,7 +230,7 @@ Dims GetDims(const at::Tensor& value, const at::Tensor& loc) {
 
 void CheckCpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
               const at::Tensor& level_start_index) {
-  detail::CheckCpuKernelsSupported("ms_deform_attn");
+  CheckCpuKernelsSupported("ms_deform_attn");
   TORCH_CHECK(value.scalar_type() == at::kFloat || value.scalar_type() == at::kDouble,
               "ms_deform_attn: the CPU kernel supports float and double, got ",
               value.scalar_type());

@@ -4,7 +4,11 @@
 // (i, j) are processed in tiles of kTile columns held in small arrays
 // ([feature or embedding dim][tile]), so the per-pair arithmetic (log, range-
 // reduced polynomial sin/cos, the K x F projection) auto-vectorises over j
-// with -O3 -mavx2 -mfma. The embedding of a pair lives only in the tile
+// with -O3 -mavx2 -mfma. Each parallel task runs one of two instantiations of
+// the row loops: AVX2 (8-lane projection) or, for float on CPUs with AVX-512,
+// a LPDETR_TARGET_AVX512 one (16 lanes, 512-bit auto-vectorisation; ~1.7x);
+// the helpers are always-inline so that each is compiled into both
+// (model/ops/cpu_isa.h). The embedding of a pair lives only in the tile
 // buffers: memory is the [B, K, N, M] output (plus O(M) box data per batch).
 //
 // The float arithmetic follows the composed reference (model/relation.cc):
@@ -19,6 +23,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -28,6 +33,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "model/ops/cpu_isa.h"
 #include "model/ops/relation_weights.h"
 
 namespace lpdetr::ops {
@@ -39,20 +45,7 @@ constexpr int kDims = 2 * kFreqs;               // 16 embedding dims per feature
 constexpr double kEps = 1e-5;
 constexpr double kSineScale = 100.0;
 
-void CheckCpu() {
-#if defined(LPDETR_CPU_AVX2)
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  TORCH_CHECK(ok,
-              "lpdetr::relation_weights: the CPU kernels were built for AVX2 + FMA "
-              "(LPDETR_CPU_AVX2=ON) but this CPU lacks them; rebuild with "
-              "-DLPDETR_CPU_AVX2=OFF");
-#endif
-}
-
-inline float Fma(float a, float b, float c) {
+LPDETR_ALWAYS_INLINE float Fma(float a, float b, float c) {
 #if defined(__FMA__)
   return __builtin_fmaf(a, b, c);
 #else
@@ -63,7 +56,7 @@ inline float Fma(float a, float b, float c) {
 // Natural log for x > 0 (finite), ~1 ulp: x = 2^k m with m in [sqrt(1/2),
 // sqrt(2)), log(1 + f) through s = f / (2 + f) and a degree-8 even
 // polynomial in s. Branch-free so that loops over it vectorise.
-inline float Log(float x) {
+LPDETR_ALWAYS_INLINE float Log(float x) {
   int32_t bits;
   std::memcpy(&bits, &x, sizeof bits);
   int32_t ix = bits + (0x3f800000 - 0x3f3504f3);
@@ -92,12 +85,12 @@ inline float Log(float x) {
   std::memcpy(&result, &out, sizeof result);
   return result;
 }
-inline double Log(double x) { return std::log(x); }
+LPDETR_ALWAYS_INLINE double Log(double x) { return std::log(x); }
 
 // sin and cos, ~1e-7 absolute for |x| < 2^20: n = round(x * 2/pi), r = x - n pi/2
 // (three-part Cody-Waite with FMA), minimax polynomials on [-pi/4, pi/4], the
 // quadrant n mod 4 picks and signs them. NaN / inf give NaN.
-inline void SinCos(float x, float& sin_out, float& cos_out) {
+LPDETR_ALWAYS_INLINE void SinCos(float x, float& sin_out, float& cos_out) {
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: x + kRound - kRound rounds x
   const float n = (x * 0.636619772367581343f + kRound) - kRound;
   float r = Fma(n, -1.5703125f, x);
@@ -116,7 +109,7 @@ inline void SinCos(float x, float& sin_out, float& cos_out) {
   sin_out = (q & 2) ? -sv : sv;
   cos_out = ((q + 1) & 2) ? -cv : cv;
 }
-inline void SinCos(double x, double& sin_out, double& cos_out) {
+LPDETR_ALWAYS_INLINE void SinCos(double x, double& sin_out, double& cos_out) {
   sin_out = std::sin(x);
   cos_out = std::cos(x);
 }
@@ -213,7 +206,7 @@ struct Problem {
 // f[0..3] the local features (relation-detr's 4), lp-detr adds the medium
 // scale's f[4..7] and the GIoU f[8].
 template <typename T>
-void TileFeatures(const Problem<T>& p, const BoxesSoA<T>& tg, const RowBox<T>& bi, int64_t j0,
+LPDETR_ALWAYS_INLINE void TileFeatures(const Problem<T>& p, const BoxesSoA<T>& tg, const RowBox<T>& bi, int64_t j0,
                   T (*f)[kTile]) {
   const T one = 1;
   const T* cx = tg.cx.data() + j0;
@@ -260,7 +253,7 @@ void TileFeatures(const Problem<T>& p, const BoxesSoA<T>& tg, const RowBox<T>& b
 // Sine embedding of one feature row x: e[2k] = sin(x * 100 / dim_t[k]),
 // e[2k + 1] = cos(...), 16 rows of kTile.
 template <typename T>
-inline void EmbedFeature(const Problem<T>& p, const T* x, T (*e)[kTile]) {
+LPDETR_ALWAYS_INLINE void EmbedFeature(const Problem<T>& p, const T* x, T (*e)[kTile]) {
   const T scale = static_cast<T>(kSineScale);
   for (int k = 0; k < kFreqs; ++k) {
     const T d = p.dim_t[k];
@@ -270,10 +263,11 @@ inline void EmbedFeature(const Problem<T>& p, const T* x, T (*e)[kTile]) {
   }
 }
 
-// 8 lanes of T as a GCC/Clang vector (float: one AVX2 register).
-template <typename T>
+// W lanes of T as a GCC vector (float, W = 8: one AVX2 register; W = 16:
+// one AVX-512 register, used only inside LPDETR_TARGET_AVX512 functions).
+template <typename T, int W = 8>
 struct Lanes {
-  typedef T V __attribute__((vector_size(8 * sizeof(T))));
+  typedef T V __attribute__((vector_size(W * sizeof(T))));
 };
 
 // Per-task scratch. The embedding rows are contiguous in the order local 64,
@@ -290,15 +284,17 @@ struct Scratch {
 
 // Embeddings of the tile: local (and medium, giou for lp-detr).
 template <typename T>
-void TileEmbed(const Problem<T>& p, Scratch<T>& s) {
+LPDETR_ALWAYS_INLINE void TileEmbed(const Problem<T>& p, Scratch<T>& s) {
   for (int f = 0; f < 4; ++f) EmbedFeature(p, s.feat[f], s.local() + f * kDims);
   if (!p.lp) return;
   for (int f = 0; f < 4; ++f) EmbedFeature(p, s.feat[4 + f], s.medium() + f * kDims);
   EmbedFeature(p, s.feat[8], s.giou());
 }
 
-template <typename T>
-void ForwardRow(const Problem<T>& p, int64_t b, int64_t i, Scratch<T>& s, T* out) {
+// W: lanes of the projection's accumulators (8 or 16).
+template <typename T, int W>
+LPDETR_ALWAYS_INLINE void ForwardRow(const Problem<T>& p, int64_t b, int64_t i, Scratch<T>& s,
+                                     T* out) {
   const RowBox<T> bi(p.src + (b * p.n + i) * 4);
   const BoxesSoA<T>& tg = p.tgt[b];
   const int64_t plane = p.n * p.m;
@@ -325,9 +321,9 @@ void ForwardRow(const Problem<T>& p, int64_t b, int64_t i, Scratch<T>& s, T* out
       x = s.mixed;
     }
     const int64_t valid = std::min<int64_t>(kTile, p.m - j0);
-    // Two heads at a time, accumulators in registers (8-lane vectors).
-    using V = typename Lanes<T>::V;
-    constexpr int kVecs = kTile / 8;
+    // Two heads at a time, accumulators in registers (W-lane vectors).
+    using V = typename Lanes<T, W>::V;
+    constexpr int kVecs = kTile / W;
     for (int64_t k = 0; k < p.heads; k += 2) {
       const bool pair = k + 1 < p.heads;
       const T* w0 = p.weight + k * p.features;
@@ -343,7 +339,7 @@ void ForwardRow(const Problem<T>& p, int64_t b, int64_t i, Scratch<T>& s, T* out
 #pragma GCC unroll 4
         for (int c = 0; c < kVecs; ++c) {
           V xv;
-          std::memcpy(&xv, x[d] + 8 * c, sizeof(V));
+          std::memcpy(&xv, x[d] + W * c, sizeof(V));
           acc0[c] += a * xv;
           acc1[c] += b * xv;
         }
@@ -356,6 +352,35 @@ void ForwardRow(const Problem<T>& p, int64_t b, int64_t i, Scratch<T>& s, T* out
       }
     }
   }
+}
+
+template <typename T, int W>
+LPDETR_ALWAYS_INLINE void ForwardRows(const Problem<T>& p, int64_t begin, int64_t end, T* out) {
+  std::unique_ptr<Scratch<T>> s(new Scratch<T>);
+  for (int64_t r = begin; r < end; ++r) ForwardRow<T, W>(p, r / p.n, r % p.n, *s, out);
+}
+
+template <typename T>
+void ForwardRowsAvx2(const Problem<T>& p, int64_t begin, int64_t end, T* out) {
+  ForwardRows<T, 8>(p, begin, end, out);
+}
+
+#if defined(LPDETR_CPU_AVX512_VARIANTS)
+LPDETR_TARGET_AVX512 void ForwardRowsAvx512(const Problem<float>& p, int64_t begin, int64_t end,
+                                            float* out) {
+  ForwardRows<float, 16>(p, begin, end, out);
+}
+#endif
+
+// Whether float kernels take their AVX-512 variants (throws on a bad
+// LPDETR_CPU_ISA; call outside parallel regions).
+template <typename T>
+bool UseAvx512() {
+#if defined(LPDETR_CPU_AVX512_VARIANTS)
+  return std::is_same_v<T, float> && CpuKernelIsa() == CpuIsa::kAvx512;
+#else
+  return false;
+#endif
 }
 
 template <typename T>
@@ -372,9 +397,15 @@ at::Tensor Forward(const at::Tensor& src, const at::Tensor& tgt, const at::Tenso
   p.bias = bias_c.data_ptr<T>();
   T* out_ptr = out.data_ptr<T>();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(M, 1));
+  const bool avx512 = UseAvx512<T>();
+  (void)avx512;  // unused without AVX-512 variants
   at::parallel_for(0, B * N, grain, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<Scratch<T>> s(new Scratch<T>);
-    for (int64_t r = begin; r < end; ++r) ForwardRow(p, r / N, r % N, *s, out_ptr);
+#if defined(LPDETR_CPU_AVX512_VARIANTS)
+    if constexpr (std::is_same_v<T, float>) {
+      if (avx512) return ForwardRowsAvx512(p, begin, end, out_ptr);
+    }
+#endif
+    ForwardRowsAvx2(p, begin, end, out_ptr);
   });
   return out;
 }
@@ -421,7 +452,7 @@ struct GradAccumulator {
 };
 
 template <typename T>
-void BackwardRow(const Problem<T>& p, int64_t b, int64_t i, const T* grad, const T* out,
+LPDETR_ALWAYS_INLINE void BackwardRow(const Problem<T>& p, int64_t b, int64_t i, const T* grad, const T* out,
                  Scratch<T>& s, std::vector<T>& gm, GradAccumulator<T>& acc) {
   const RowBox<T> bi(p.src + (b * p.n + i) * 4);
   const BoxesSoA<T>& tg = p.tgt[b];
@@ -472,6 +503,45 @@ void BackwardRow(const Problem<T>& p, int64_t b, int64_t i, const T* grad, const
   acc.FlushRow();
 }
 
+// Chunks [begin, end) of `chunk_rows` rows each: per-chunk sums into acc.
+template <typename T>
+struct BackwardArgs {
+  const Problem<T>* p;
+  const T* grad;
+  const T* out;
+  int64_t rows, chunk_rows, dims;
+  GradAccumulator<T>* acc;
+};
+
+template <typename T>
+LPDETR_ALWAYS_INLINE void BackwardChunks(const BackwardArgs<T>& a, int64_t begin, int64_t end) {
+  const Problem<T>& p = *a.p;
+  std::unique_ptr<Scratch<T>> s(new Scratch<T>);
+  std::vector<T> gm(p.heads * kTile);
+  for (int64_t c = begin; c < end; ++c) {
+    GradAccumulator<T>& acc = a.acc[c];
+    acc.Init(p.heads, a.dims);
+    const int64_t r1 = std::min(a.rows, (c + 1) * a.chunk_rows);
+    for (int64_t r = c * a.chunk_rows; r < r1; ++r) {
+      BackwardRow(p, r / p.n, r % p.n, a.grad, a.out, *s, gm, acc);
+    }
+    acc.lanes.clear();
+    acc.lanes.shrink_to_fit();
+  }
+}
+
+template <typename T>
+void BackwardChunksAvx2(const BackwardArgs<T>& a, int64_t begin, int64_t end) {
+  BackwardChunks(a, begin, end);
+}
+
+#if defined(LPDETR_CPU_AVX512_VARIANTS)
+LPDETR_TARGET_AVX512 void BackwardChunksAvx512(const BackwardArgs<float>& a, int64_t begin,
+                                               int64_t end) {
+  BackwardChunks(a, begin, end);
+}
+#endif
+
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> Backward(
     const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& src,
@@ -497,18 +567,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Backward(
   const int64_t chunk_rows = std::max<int64_t>(1, (rows + 63) / 64);
   const int64_t chunks = (rows + chunk_rows - 1) / chunk_rows;
   std::vector<GradAccumulator<T>> acc(chunks);
+  const BackwardArgs<T> args{&p, grad, out, rows, chunk_rows, dims, acc.data()};
+  const bool avx512 = UseAvx512<T>();
+  (void)avx512;  // unused without AVX-512 variants
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<Scratch<T>> s(new Scratch<T>);
-    std::vector<T> gm(K * kTile);
-    for (int64_t c = begin; c < end; ++c) {
-      acc[c].Init(K, dims);
-      const int64_t r1 = std::min(rows, (c + 1) * chunk_rows);
-      for (int64_t r = c * chunk_rows; r < r1; ++r) {
-        BackwardRow(p, r / N, r % N, grad, out, *s, gm, acc[c]);
-      }
-      acc[c].lanes.clear();
-      acc[c].lanes.shrink_to_fit();
+#if defined(LPDETR_CPU_AVX512_VARIANTS)
+    if constexpr (std::is_same_v<T, float>) {
+      if (avx512) return BackwardChunksAvx512(args, begin, end);
     }
+#endif
+    BackwardChunksAvx2(args, begin, end);
   });
   std::vector<double> h(K * dims, 0.0), sum(K, 0.0);
   for (const auto& a : acc) {
@@ -557,7 +625,7 @@ at::Tensor RelationWeightsCpu(const at::Tensor& src, const at::Tensor& tgt,
                               int64_t variant) {
   const RelationVariant v = detail::CheckRelationInputs("lpdetr::relation_weights", src, tgt,
                                                         weight, &bias, alpha, s_l, variant);
-  CheckCpu();
+  CheckCpuKernelsSupported("lpdetr::relation_weights");
   return AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "relation_weights_cpu", [&] {
     return Forward<scalar_t>(src, tgt, weight, bias, alpha, s_l, v);
   });
@@ -570,7 +638,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> RelationWeightsBackwardCpu(
   const RelationVariant v = detail::CheckRelationInputs(
       "lpdetr::_relation_weights_backward", src, tgt, weight, nullptr, alpha, s_l, variant);
   detail::CheckRelationGrad(grad_output, output, src, tgt, weight);
-  CheckCpu();
+  CheckCpuKernelsSupported("lpdetr::relation_weights");
   return AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "relation_weights_backward_cpu", [&] {
     return Backward<scalar_t>(grad_output, output, src, tgt, weight, alpha, s_l, v);
   });
