@@ -32,4 +32,12 @@ double MedianSeconds(const std::function<void()>& fn, int warmup, int iters);
 // Peak resident set size of this process so far, in MiB.
 double PeakRssMib();
 
+// Makes peak RSS follow the live tensors, for children that measure memory:
+// a fixed glibc mmap threshold of 128 KiB puts every larger block in its own
+// mapping, returned to the kernel on free. (glibc's default raises the
+// threshold to the largest block freed so far, up to 32 MiB, after which
+// freed blocks stay in the heap and the figure depends on allocation order.)
+// The server and lpdetr-model do the opposite (RetainFreedMemory) for speed.
+void TrackLiveMemory();
+
 }  // namespace lpdetr::bench

@@ -3,9 +3,12 @@
 // (padded 800x1088: levels 100x136, 50x68, 25x34, 13x17; H = 8, D = 32,
 // L = 4, P = 4, B = 1), encoder (Nq = Nv = 18071) and decoder (Nq = 900).
 //
-// Each (shape, implementation, pass) runs in its own child process, so its
-// peak RSS is its own. Prints median times of forward and forward+backward,
-// the composed/kernel ratio and peak RSS (of the whole child: inputs included).
+// Each (shape, implementation, pass) runs in two child processes: one times
+// warm-up + --iters calls with the server's allocator policy
+// (RetainFreedMemory), one makes a single call with peak RSS following live
+// tensors (bench::TrackLiveMemory). Prints median times of forward and
+// forward+backward, the composed/kernel ratio and the second child's peak RSS
+// (inputs included).
 // The `module` row times the whole MultiScaleDeformableAttention module at the
 // encoder shapes (E = 256) with OpBackend::kComposed vs kKernels.
 //
@@ -136,9 +139,9 @@ int main(int argc, char** argv) {
       iters = std::atoi(argv[++i]);
     } else if (arg == "--threads" && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
-    } else if (arg == "--child" && i + 3 < argc) {
-      child = {argv[i + 1], argv[i + 2], argv[i + 3]};
-      i += 3;
+    } else if (arg == "--child" && i + 4 < argc) {
+      child = {argv[i + 1], argv[i + 2], argv[i + 3], argv[i + 4]};
+      i += 4;
     } else {
       std::fprintf(stderr, "usage: %s [--iters N] [--threads T]\n", argv[0]);
       return 2;
@@ -147,7 +150,15 @@ int main(int argc, char** argv) {
   // Fast numerics, as the product runs: `threads` ATen threads (0 = all cores).
   ConfigureProcess(argv, Numerics::kFast);
   ApplyNumerics(Numerics::kFast, threads);
-  if (!child.empty()) return RunChild(child[0], child[1], child[2], iters);
+  if (!child.empty()) {
+    if (child[3] == "memory") {
+      bench::TrackLiveMemory();
+      iters = 1;
+    } else {
+      RetainFreedMemory();
+    }
+    return RunChild(child[0], child[1], child[2], iters);
+  }
 
   std::printf("ms_deform_attn: fused kernel vs composed (grid_sample), R50 800x1066 shapes\n");
   std::printf("levels 100x136 50x68 25x34 13x17 (Nv = 18071), B = 1, H = 8, D = 32, L = 4, "
@@ -162,17 +173,22 @@ int main(int argc, char** argv) {
     const char* passes[] = {"fwd", "fwdbwd"};
     for (int i = 0; i < 2; ++i) {
       for (int p = 0; p < 2; ++p) {
-        std::vector<std::string> args = {"--iters", std::to_string(iters), "--child", shape,
-                                         impls[i], passes[p]};
-        if (threads > 0) args.insert(args.end(), {"--threads", std::to_string(threads)});
-        const bench::ChildResult r = bench::RunSelf(args);
-        if (r.exit_code != 0) {
-          std::fprintf(stderr, "%s %s %s failed (exit %d)\n", shape.c_str(), impls[i],
-                       passes[p], r.exit_code);
-          return 1;
+        for (const char* measure : {"time", "memory"}) {
+          std::vector<std::string> args = {"--iters", std::to_string(iters), "--child", shape,
+                                           impls[i], passes[p], measure};
+          if (threads > 0) args.insert(args.end(), {"--threads", std::to_string(threads)});
+          const bench::ChildResult r = bench::RunSelf(args);
+          if (r.exit_code != 0) {
+            std::fprintf(stderr, "%s %s %s failed (exit %d)\n", shape.c_str(), impls[i],
+                         passes[p], r.exit_code);
+            return 1;
+          }
+          if (std::string(measure) == "time") {
+            ms[i][p] = std::atof(r.output.c_str()) * 1e3;
+          } else {
+            rss[i][p] = r.peak_rss_mib;
+          }
         }
-        ms[i][p] = std::atof(r.output.c_str()) * 1e3;
-        rss[i][p] = r.peak_rss_mib;
       }
     }
     std::printf("%-8s %6d | %11.2f %11.2f %5.1fx | %13.2f %13.2f %5.1fx | %.0f / %.0f, %.0f / %.0f\n",

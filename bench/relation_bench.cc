@@ -8,12 +8,12 @@
 // --threads sets the ATen intra-op threads of the measured runs (0: all
 // cores); the math libraries are set up as in every binary (model/runtime.h).
 // Composed runs whose extrapolated memory exceeds --composed-limit-gib are
-// skipped and their estimated need is printed instead. "op MiB" is the peak
-// RSS minus the child's RSS right before the first call (LibTorch, inputs).
-// glibc's dynamic mmap threshold keeps freed large blocks in the heap, so
-// repeated calls can leave 2-3 dead copies of the output resident; run with
-// MALLOC_MMAP_THRESHOLD_=131072 to see the live allocations only (the fused
-// forward's op memory is then exactly its [B, K, N, M] output).
+// skipped and their estimated need is printed instead. Each configuration
+// runs in two children: one times warm-up + --iters calls with the server's
+// allocator policy (RetainFreedMemory), one makes a single call with peak RSS
+// following live tensors (bench::TrackLiveMemory) for the memory columns.
+// "op MiB" is that child's peak RSS minus its RSS right before the call
+// (LibTorch, inputs): the fused forward's is exactly its [B, K, N, M] output.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -53,8 +53,18 @@ std::vector<int64_t> ParseList(const std::string& s) {
 }
 
 // Child: one configuration; prints "<median seconds> <baseline MiB>".
+// measure "time": the product's allocator policy (RetainFreedMemory), warm-up
+// and `iters` calls; "memory": peak RSS follows live tensors
+// (bench::TrackLiveMemory), one call.
 int RunOne(const std::string& variant, const std::string& impl, int64_t n, int64_t b,
-           const std::string& mode, int iters, int64_t heads, int threads) {
+           const std::string& mode, int iters, int64_t heads, int threads,
+           const std::string& measure) {
+  const bool memory = measure == "memory";
+  if (memory) {
+    bench::TrackLiveMemory();
+  } else {
+    RetainFreedMemory();
+  }
   ApplyNumerics(Numerics::kFast, threads);
   at::manual_seed(0);
   SetOpBackend(impl == "fused" ? OpBackend::kKernels : OpBackend::kComposed);
@@ -79,7 +89,8 @@ int RunOne(const std::string& variant, const std::string& impl, int64_t n, int64
   std::unique_ptr<at::NoGradGuard> no_grad;
   if (!backward) no_grad = std::make_unique<at::NoGradGuard>();
   const double baseline = bench::PeakRssMib();
-  const double seconds = bench::MedianSeconds(call, 1, iters);
+  const double seconds = memory ? bench::MedianSeconds(call, 0, 1)
+                                : bench::MedianSeconds(call, 1, iters);
   std::printf("%.6f %.1f\n", seconds, baseline);
   return 0;
 }
@@ -115,19 +126,28 @@ int RunAll(const Options& o) {
             if (r.estimate_gib > o.composed_limit_gib) continue;
           }
           const int iters = impl == "composed" && pairs > 2e6 ? std::min(o.iters, 3) : o.iters;
-          bench::ChildResult c = bench::RunSelf(
-              {"--run", o.variant, impl, std::to_string(n), std::to_string(b), mode,
-               std::to_string(iters), std::to_string(o.heads), std::to_string(o.threads)});
-          double baseline = 0;
-          if (c.exit_code != 0 ||
-              std::sscanf(c.output.c_str(), "%lf %lf", &r.seconds, &baseline) != 2) {
+          // Time and memory in separate children (see RunOne).
+          double seconds = 0, baseline = 0, unused = 0;
+          bench::ChildResult c;
+          bool ok = true;
+          for (const std::string measure : {"time", "memory"}) {
+            c = bench::RunSelf({"--run", o.variant, impl, std::to_string(n), std::to_string(b),
+                                mode, std::to_string(iters), std::to_string(o.heads),
+                                std::to_string(o.threads), measure});
+            ok = c.exit_code == 0 &&
+                 std::sscanf(c.output.c_str(), "%lf %lf", measure == "time" ? &seconds : &unused,
+                             &baseline) == 2;
+            if (!ok) break;
+          }
+          if (!ok) {
             std::printf("  %s N=%lld B=%lld %s failed (exit %d)\n", impl.c_str(),
                         static_cast<long long>(n), static_cast<long long>(b), mode.c_str(),
                         c.exit_code);
             continue;
           }
           r.ran = true;
-          r.peak = c.peak_rss_mib;
+          r.seconds = seconds;
+          r.peak = c.peak_rss_mib;  // the memory child's
           r.op = std::max(0.0, c.peak_rss_mib - baseline);
           if (impl == "composed") composed_mib_per_pair = std::max(composed_mib_per_pair, r.op / pairs);
         }
@@ -156,9 +176,10 @@ int RunAll(const Options& o) {
       }
     }
   }
-  std::printf("times in seconds, memory in MiB (peak = child's peak RSS; op = peak minus the RSS "
-              "before the first call); composed runs over %.1f GiB (extrapolated per pair) are "
-              "skipped\n",
+  std::printf("times in seconds (allocator keeps freed memory, as in the server); memory in MiB "
+              "from a separate one-call child whose peak RSS follows live tensors (peak = its "
+              "peak RSS; op = peak minus the RSS before the call); composed runs over %.1f GiB "
+              "(extrapolated per pair) are skipped\n",
               o.composed_limit_gib);
   return 0;
 }
@@ -169,9 +190,9 @@ int RunAll(const Options& o) {
 int main(int argc, char** argv) {
   lpdetr::ConfigureProcess(argv, lpdetr::Numerics::kFast);
   std::vector<std::string> args(argv + 1, argv + argc);
-  if (!args.empty() && args[0] == "--run" && args.size() == 9) {
+  if (!args.empty() && args[0] == "--run" && args.size() == 10) {
     return lpdetr::RunOne(args[1], args[2], std::stoll(args[3]), std::stoll(args[4]), args[5],
-                          std::stoi(args[6]), std::stoll(args[7]), std::stoi(args[8]));
+                          std::stoi(args[6]), std::stoll(args[7]), std::stoi(args[8]), args[9]);
   }
   lpdetr::Options o;
   for (size_t i = 0; i + 1 < args.size(); i += 2) {
