@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "model/deform_attn.h"
 #include "model/detector.h"
 #include "model/model_dir.h"
 #include "model/preprocess.h"
@@ -423,6 +424,36 @@ TEST(FastPathTest, BlockedEncoderMatchesReference) {
   }
   ASSERT_EQ(got.sizes(), expected.sizes());
   EXPECT_LT(RelativeError(got, expected), 1e-4);
+}
+
+// The fast path computes the sampling locations in one loop instead of
+// ATen's broadcasting expressions: points (encoder) and boxes (decoder),
+// batch 2, against the composed backend.
+TEST(FastPathTest, DeformableAttentionMatchesReferenceForPointsAndBoxes) {
+  at::manual_seed(11);
+  MultiScaleDeformableAttention attn(32, 3, 4, 2);
+  attn->eval();
+  const SpatialShapes shapes = {{12, 10}, {6, 5}, {3, 3}};
+  const int64_t nv = 120 + 30 + 9, nq = 37;
+  at::Tensor value = at::randn({2, nv, 32}), query = at::randn({2, nq, 32});
+  at::Tensor mask = at::rand({2, nv}) > 0.8;
+  at::Tensor points = at::rand({2, nq, 3, 2});
+  at::Tensor boxes = at::cat({at::rand({2, nq, 3, 2}), at::rand({2, nq, 3, 2}) * 0.5 + 0.05}, -1);
+  at::NoGradGuard g;
+  for (const at::Tensor& ref : {points, boxes}) {
+    at::Tensor expected, got;
+    {
+      BackendScope b(OpBackend::kComposed);
+      expected = attn(query, ref, value, shapes, mask);
+    }
+    {
+      BackendScope b(OpBackend::kKernels);
+      ASSERT_TRUE(UseInferenceFastPath(*attn));
+      got = attn(query, ref, value, shapes, mask);
+    }
+    ASSERT_EQ(got.sizes(), expected.sizes());
+    EXPECT_LT(RelativeError(got, expected), 1e-5) << "reference dim " << ref.size(-1);
+  }
 }
 
 }  // namespace
