@@ -23,9 +23,9 @@ std::atomic<OpBackend> g_op_backend{OpBackend::kKernels};
 thread_local StageTimer* t_stage_timer = nullptr;
 thread_local std::vector<const char*> t_stage_stack;
 
-double ThreadCpuSeconds() {
+double CpuSeconds(clockid_t clock) {
   timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  clock_gettime(clock, &ts);
   return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
@@ -122,14 +122,16 @@ StageTimer::Entry& StageTimer::Find(const std::string& path, int depth) {
   }
   const size_t slash = path.rfind('/');
   entries_.push_back(
-      {path, slash == std::string::npos ? path : path.substr(slash + 1), depth, 0.0, 0});
+      {path, slash == std::string::npos ? path : path.substr(slash + 1), depth, 0.0, 0.0, 0.0, 0});
   return entries_.back();
 }
 
-void StageTimer::Add(const std::string& path, int depth, double seconds, double cpu_seconds) {
+void StageTimer::Add(const std::string& path, int depth, double seconds, double cpu_seconds,
+                     double process_cpu_seconds) {
   Entry& e = Find(path, depth);
   e.seconds += seconds;
   e.cpu_seconds += cpu_seconds;
+  e.process_cpu_seconds += process_cpu_seconds;
   ++e.calls;
 }
 
@@ -150,7 +152,8 @@ ScopedStage::ScopedStage(const char* name) : timer_(t_stage_timer) {
   depth_ = static_cast<int>(t_stage_stack.size());
   t_stage_stack.push_back(name);
   timer_->Find(path_, depth_);  // entries in order of first start
-  cpu_start_ = ThreadCpuSeconds();
+  cpu_start_ = CpuSeconds(CLOCK_THREAD_CPUTIME_ID);
+  process_cpu_start_ = CpuSeconds(CLOCK_PROCESS_CPUTIME_ID);
   start_ = std::chrono::steady_clock::now();
 }
 
@@ -158,9 +161,10 @@ ScopedStage::~ScopedStage() {
   if (timer_ == nullptr) return;
   const double dt =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  const double cpu = ThreadCpuSeconds() - cpu_start_;
+  const double cpu = CpuSeconds(CLOCK_THREAD_CPUTIME_ID) - cpu_start_;
+  const double process_cpu = CpuSeconds(CLOCK_PROCESS_CPUTIME_ID) - process_cpu_start_;
   if (!t_stage_stack.empty()) t_stage_stack.pop_back();
-  timer_->Add(path_, depth_, dt, cpu);
+  timer_->Add(path_, depth_, dt, cpu, process_cpu);
 }
 
 }  // namespace lpdetr

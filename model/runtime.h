@@ -58,9 +58,11 @@ OpBackend GetOpBackend();
 // backend (kComposed in reference mode, kKernels otherwise).
 void ApplyNumerics(Numerics numerics, int threads);
 
-// Wall-clock (and calling-thread CPU time) breakdown of model forwards by
-// named stage, for benchmarks. With one ATen and one BLAS thread the thread
-// CPU time is all the work, and robust on a machine shared with other jobs.
+// Wall-clock, calling-thread CPU time and whole-process CPU time breakdown of
+// model forwards by named stage, for benchmarks. With one ATen and one BLAS
+// thread the thread CPU time is all the work, and robust on a machine shared
+// with other jobs; process CPU / (wall x threads) is how well a stage keeps
+// the cores busy.
 // Install one on the calling thread with SetStageTimer; the model's
 // ScopedStage markers then add their elapsed time to it (nested stages are
 // recorded with their depth). With none installed a marker costs one
@@ -73,9 +75,11 @@ class StageTimer {
     int depth = 0;     // 0 = top level
     double seconds = 0;      // wall clock
     double cpu_seconds = 0;  // CPU time of the calling thread only
+    double process_cpu_seconds = 0;  // CPU time of all threads of the process
     long calls = 0;
   };
-  void Add(const std::string& path, int depth, double seconds, double cpu_seconds);
+  void Add(const std::string& path, int depth, double seconds, double cpu_seconds,
+           double process_cpu_seconds);
   // The entry of `path`, created (zero time) if new.
   Entry& Find(const std::string& path, int depth);
   void Clear() { entries_.clear(); }
@@ -103,6 +107,7 @@ class ScopedStage {
   int depth_ = 0;
   std::chrono::steady_clock::time_point start_;
   double cpu_start_ = 0;
+  double process_cpu_start_ = 0;
 };
 
 }  // namespace lpdetr

@@ -273,6 +273,7 @@ DecoderOutput DecoderImpl::forward(at::Tensor query, at::Tensor reference_points
     at::Tensor bias;
     if (!skip_relation) {
       if (lp && multi_scale_relation) {
+        ScopedStage stage("relation");
         bias = LpRelationBias(l == 0 ? ref : prev_boxes, l);
       } else if (!lp) {
         bias = relation_bias;
@@ -291,6 +292,7 @@ DecoderOutput DecoderImpl::forward(at::Tensor query, at::Tensor reference_points
     if (l == num_layers - 1) break;
 
     if (!skip_relation && position_relation_embedding) {
+      ScopedStage stage("relation");
       at::Tensor src = l >= 1 ? prev_boxes : reference_points;
       relation_bias = PadHeads(position_relation_embedding(src.detach(), output_coord.detach()));
     }

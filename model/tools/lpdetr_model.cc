@@ -346,17 +346,23 @@ int Bench(int argc, char** argv) {
   std::printf("median page faults per image: %.0f\n", Median(faults));
   std::printf("peak RSS MiB: %.1f\n", PeakRssMiB());
   if (stages) {
-    // Mean seconds per image of each stage: wall clock and the main thread's
-    // CPU time (all the work when --threads 1 and OPENBLAS_NUM_THREADS=1).
+    // Mean seconds per image of each stage: wall clock, the main thread's
+    // CPU time (all the work when --threads 1 and OPENBLAS_NUM_THREADS=1),
+    // the whole process's CPU time and "busy" = process CPU / (wall x
+    // intra-op threads), how well the stage keeps the cores working.
     // Nested stages are indented and included in their parent; "(other)" is
     // what no stage covers.
     const double per = static_cast<double>(iters * batch_size);
     double top = 0;
-    std::printf("stages (mean per image, nested stages indented):  wall s  thread-CPU s\n");
+    std::printf("stages (mean per image, nested stages indented):  wall s  thread-CPU s  "
+                "process-CPU s  busy\n");
+    const double threads = std::max(1, at::get_num_threads());
     for (const auto& e : timer.entries()) {
       if (e.depth == 0) top += e.seconds;
-      std::printf("  %*s%-*s %8.3f %8.3f\n", 2 * e.depth, "", 40 - 2 * e.depth, e.name.c_str(),
-                  e.seconds / per, e.cpu_seconds / per);
+      std::printf("  %*s%-*s %8.3f %8.3f %14.3f %5.0f%%\n", 2 * e.depth, "", 40 - 2 * e.depth,
+                  e.name.c_str(), e.seconds / per, e.cpu_seconds / per,
+                  e.process_cpu_seconds / per,
+                  e.seconds > 0 ? 100.0 * e.process_cpu_seconds / (e.seconds * threads) : 0.0);
     }
     std::printf("  %-40s %8.3f\n", "(other)", total - top / per);
   }
