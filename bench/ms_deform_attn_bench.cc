@@ -5,8 +5,8 @@
 //
 // Each (shape, implementation, pass) runs in two child processes: one times
 // warm-up + --iters calls with the server's allocator policy
-// (RetainFreedMemory), one makes a single call with peak RSS following live
-// tensors (bench::TrackLiveMemory). Prints median times of forward and
+// (RetainFreedMemory), one makes a warm-up and one timed call with peak RSS
+// following live tensors (bench::TrackLiveMemory). Prints median times of forward and
 // forward+backward, the composed/kernel ratio and the second child's peak RSS
 // (inputs included).
 // The `module` row times the whole MultiScaleDeformableAttention module at the

@@ -127,17 +127,22 @@ int RunAll(const Options& o) {
           }
           const int iters = impl == "composed" && pairs > 2e6 ? std::min(o.iters, 3) : o.iters;
           // Time and memory in separate children (see RunOne).
-          double seconds = 0, baseline = 0, unused = 0;
+          double seconds = 0, baseline = 0;  // from the time / memory child
           bench::ChildResult c;
           bool ok = true;
           for (const std::string measure : {"time", "memory"}) {
             c = bench::RunSelf({"--run", o.variant, impl, std::to_string(n), std::to_string(b),
                                 mode, std::to_string(iters), std::to_string(o.heads),
                                 std::to_string(o.threads), measure});
-            ok = c.exit_code == 0 &&
-                 std::sscanf(c.output.c_str(), "%lf %lf", measure == "time" ? &seconds : &unused,
-                             &baseline) == 2;
+            double child_seconds = 0, child_baseline = 0;
+            ok = c.exit_code == 0 && std::sscanf(c.output.c_str(), "%lf %lf", &child_seconds,
+                                                 &child_baseline) == 2;
             if (!ok) break;
+            if (measure == "time") {
+              seconds = child_seconds;
+            } else {
+              baseline = child_baseline;
+            }
           }
           if (!ok) {
             std::printf("  %s N=%lld B=%lld %s failed (exit %d)\n", impl.c_str(),

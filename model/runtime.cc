@@ -13,6 +13,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "model/ops/cpu_isa.h"
+
 namespace lpdetr {
 namespace {
 
@@ -27,20 +29,6 @@ double CpuSeconds(clockid_t clock) {
   timespec ts{};
   clock_gettime(clock, &ts);
   return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
-bool CpuHas(const char* feature) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  const std::string f = feature;
-  if (f == "avx512") {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl");
-  }
-  if (f == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
-  (void)feature;
-  return false;
 }
 
 // Sets name=value unless the user set it; returns whether it changed.
@@ -83,15 +71,15 @@ void ConfigureProcess(char** argv, Numerics numerics) {
   // makes them sleep at once.
   changed |= SetDefault("OPENBLAS_THREAD_TIMEOUT", "4");
   if (numerics == Numerics::kReference) {
-    if (CpuHas("avx2")) {
+    if (ops::CpuSupports(ops::CpuIsa::kAvx2)) {
       changed |= SetDefault("OPENBLAS_CORETYPE", "Haswell");
       changed |= SetDefault("ONEDNN_MAX_CPU_ISA", "AVX2");
       changed |= SetDefault("DNNL_MAX_CPU_ISA", "AVX2");
     }
     changed |= SetDefault("OPENBLAS_NUM_THREADS", "2");
-  } else if (CpuHas("avx512")) {
+  } else if (ops::CpuSupports(ops::CpuIsa::kAvx512)) {
     changed |= SetDefault("OPENBLAS_CORETYPE", "SkylakeX");
-  } else if (CpuHas("avx2")) {
+  } else if (ops::CpuSupports(ops::CpuIsa::kAvx2)) {
     changed |= SetDefault("OPENBLAS_CORETYPE", "Haswell");
   }
   if (!changed) return;

@@ -15,6 +15,7 @@
 #include "model/preprocess.h"
 #include "model/runtime.h"
 #include "model/transformer.h"
+#include "tests/backend_scope.h"
 
 namespace lpdetr {
 namespace {
@@ -278,15 +279,6 @@ TEST(PreprocessTest, ResizeRuleAndNormalisation) {
 // ---------------------------------------------------------------------------
 // Inference fast path (kKernels backend, eval, no grad): folded batch norm,
 // channels-last backbone, row-blocked encoder feed-forward.
-
-class BackendScope {
- public:
-  explicit BackendScope(OpBackend b) : previous_(GetOpBackend()) { SetOpBackend(b); }
-  ~BackendScope() { SetOpBackend(previous_); }
-
- private:
-  OpBackend previous_;
-};
 
 // Non-trivial frozen statistics so that folding has something to fold.
 void RandomizeFrozenBatchNorm(torch::nn::Module& m) {

@@ -7,7 +7,6 @@
 #include <c10/util/Exception.h>
 
 namespace lpdetr::ops {
-namespace {
 
 bool CpuSupports(CpuIsa isa) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -21,6 +20,8 @@ bool CpuSupports(CpuIsa isa) {
   return false;
 #endif
 }
+
+namespace {
 
 // Whether the kernels were compiled with the AVX-512 variants.
 constexpr bool kBuiltWithAvx512 =

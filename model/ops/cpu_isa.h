@@ -31,6 +31,10 @@ CpuIsa CpuKernelIsa();
 
 const char* CpuIsaName(CpuIsa isa);
 
+// Whether this CPU has `isa` (AVX2 + FMA; AVX-512 F/VL/BW/DQ on top of it),
+// whatever the build or LPDETR_CPU_ISA say.
+bool CpuSupports(CpuIsa isa);
+
 // Fails with a clear message when the kernels were built for AVX2 + FMA and
 // this CPU lacks them (called by every CPU kernel entry point).
 void CheckCpuKernelsSupported(const char* op_name);

@@ -175,27 +175,20 @@ double PeakRssMiB() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB
 }
 
-// Minor + major page faults of the whole process so far.
-double PageFaults() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_minflt + usage.ru_majflt);
-}
+// Resource usage of the whole process (all threads) so far, from one getrusage.
+struct Usage {
+  double cpu_seconds = 0;     // user + system
+  double system_seconds = 0;  // kernel time: page faults, thread wake-ups
+  double page_faults = 0;     // minor + major
 
-// System CPU time of the whole process (page faults, thread wake-ups).
-double ProcessSystemSeconds() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return usage.ru_stime.tv_sec + 1e-6 * usage.ru_stime.tv_usec;
-}
-
-// User + system CPU time of the whole process (all threads).
-double ProcessCpuSeconds() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  auto sec = [](const timeval& t) { return t.tv_sec + 1e-6 * t.tv_usec; };
-  return sec(usage.ru_utime) + sec(usage.ru_stime);
-}
+  static Usage Now() {
+    rusage r{};
+    getrusage(RUSAGE_SELF, &r);
+    auto sec = [](const timeval& t) { return t.tv_sec + 1e-6 * t.tv_usec; };
+    return {sec(r.ru_utime) + sec(r.ru_stime), sec(r.ru_stime),
+            static_cast<double>(r.ru_minflt + r.ru_majflt)};
+  }
+};
 
 double Median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -304,7 +297,7 @@ int Bench(int argc, char** argv) {
   std::vector<double> sys_seconds, faults;
   for (int64_t i = 0; i < warmup + iters; ++i) {
     if (i == warmup) timer.Clear();
-    const double cpu0 = ProcessCpuSeconds(), sys0 = ProcessSystemSeconds(), faults0 = PageFaults();
+    const Usage usage0 = Usage::Now();
     const auto t0 = std::chrono::steady_clock::now();
     DetectorOutput out = model(batch);
     std::vector<Detections> dets;
@@ -318,9 +311,11 @@ int Bench(int argc, char** argv) {
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (i >= warmup) {
       seconds.push_back(dt / static_cast<double>(batch_size));
-      cpu_seconds.push_back((ProcessCpuSeconds() - cpu0) / static_cast<double>(batch_size));
-      sys_seconds.push_back((ProcessSystemSeconds() - sys0) / static_cast<double>(batch_size));
-      faults.push_back((PageFaults() - faults0) / static_cast<double>(batch_size));
+      const Usage usage = Usage::Now();
+      const double images = static_cast<double>(batch_size);
+      cpu_seconds.push_back((usage.cpu_seconds - usage0.cpu_seconds) / images);
+      sys_seconds.push_back((usage.system_seconds - usage0.system_seconds) / images);
+      faults.push_back((usage.page_faults - usage0.page_faults) / images);
     }
   }
   SetStageTimer(nullptr);

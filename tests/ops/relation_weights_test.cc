@@ -14,6 +14,7 @@
 
 #include "model/relation.h"
 #include "model/runtime.h"
+#include "tests/backend_scope.h"
 
 namespace lpdetr {
 namespace {
@@ -32,16 +33,6 @@ double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {
   if (a.numel() == 0) return 0.0;
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
 }
-
-// Restores the process-wide operator backend when a test ends.
-class BackendScope {
- public:
-  explicit BackendScope(OpBackend b) : saved_(GetOpBackend()) { SetOpBackend(b); }
-  ~BackendScope() { SetOpBackend(saved_); }
-
- private:
-  OpBackend saved_;
-};
 
 // A module with random (non-default) parameters; bias shifted so that some
 // outputs are positive and some are clipped by the ReLU.

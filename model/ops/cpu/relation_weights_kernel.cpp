@@ -206,8 +206,8 @@ struct Problem {
 // f[0..3] the local features (relation-detr's 4), lp-detr adds the medium
 // scale's f[4..7] and the GIoU f[8].
 template <typename T>
-LPDETR_ALWAYS_INLINE void TileFeatures(const Problem<T>& p, const BoxesSoA<T>& tg, const RowBox<T>& bi, int64_t j0,
-                  T (*f)[kTile]) {
+LPDETR_ALWAYS_INLINE void TileFeatures(const Problem<T>& p, const BoxesSoA<T>& tg,
+                                       const RowBox<T>& bi, int64_t j0, T (*f)[kTile]) {
   const T one = 1;
   const T* cx = tg.cx.data() + j0;
   const T* cy = tg.cy.data() + j0;
@@ -452,8 +452,9 @@ struct GradAccumulator {
 };
 
 template <typename T>
-LPDETR_ALWAYS_INLINE void BackwardRow(const Problem<T>& p, int64_t b, int64_t i, const T* grad, const T* out,
-                 Scratch<T>& s, std::vector<T>& gm, GradAccumulator<T>& acc) {
+LPDETR_ALWAYS_INLINE void BackwardRow(const Problem<T>& p, int64_t b, int64_t i, const T* grad,
+                                      const T* out, Scratch<T>& s, std::vector<T>& gm,
+                                      GradAccumulator<T>& acc) {
   const RowBox<T> bi(p.src + (b * p.n + i) * 4);
   const BoxesSoA<T>& tg = p.tgt[b];
   const int64_t plane = p.n * p.m;
