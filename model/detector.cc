@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include "model/box_ops.h"
 #include "model/runtime.h"
 
 namespace lpdetr {

@@ -306,13 +306,4 @@ at::Tensor InverseSigmoid(const at::Tensor& x, double eps) {
   return at::log(c.clamp_min(eps) / (1 - c).clamp_min(eps));
 }
 
-at::Tensor BoxCxcywhToXyxy(const at::Tensor& boxes) {
-  auto parts = boxes.unbind(-1);
-  const at::Tensor& cx = parts[0];
-  const at::Tensor& cy = parts[1];
-  const at::Tensor& w = parts[2];
-  const at::Tensor& h = parts[3];
-  return at::stack({cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h}, -1);
-}
-
 }  // namespace lpdetr

@@ -156,7 +156,4 @@ inline at::Tensor Linear(const torch::nn::Linear& layer, const at::Tensor& x) {
 // log(x / (1 - x)) with x clamped to [eps, 1 - eps] (official eps 1e-3).
 at::Tensor InverseSigmoid(const at::Tensor& x, double eps = 1e-3);
 
-// cxcywh -> xyxy on the last dim.
-at::Tensor BoxCxcywhToXyxy(const at::Tensor& boxes);
-
 }  // namespace lpdetr

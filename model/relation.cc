@@ -4,30 +4,12 @@
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/conv.h>
 
+#include "model/box_ops.h"
 #include "model/layers.h"
 #include "model/ops/relation_weights.h"
 #include "model/runtime.h"
 
 namespace lpdetr {
-
-at::Tensor PairwiseGiou(const at::Tensor& boxes1, const at::Tensor& boxes2) {
-  // Areas from the cxcywh sizes (w * h), as the reference implementation.
-  at::Tensor area1 = (boxes1.select(-1, 2) * boxes1.select(-1, 3)).unsqueeze(-1);  // [B,N,1]
-  at::Tensor area2 = (boxes2.select(-1, 2) * boxes2.select(-1, 3)).unsqueeze(-2);  // [B,1,M]
-  at::Tensor a = BoxCxcywhToXyxy(boxes1).unsqueeze(-2);  // [B,N,1,4]
-  at::Tensor b = BoxCxcywhToXyxy(boxes2).unsqueeze(-3);  // [B,1,M,4]
-  at::Tensor lt = at::maximum(a.narrow(-1, 0, 2), b.narrow(-1, 0, 2));
-  at::Tensor rb = at::minimum(a.narrow(-1, 2, 2), b.narrow(-1, 2, 2));
-  at::Tensor wh = (rb - lt).clamp_min(0);
-  at::Tensor inter = wh.select(-1, 0) * wh.select(-1, 1);
-  at::Tensor uni = area1 + area2 - inter;
-  at::Tensor iou = inter / uni.clamp_min(1e-12);
-  at::Tensor lt_c = at::minimum(a.narrow(-1, 0, 2), b.narrow(-1, 0, 2));
-  at::Tensor rb_c = at::maximum(a.narrow(-1, 2, 2), b.narrow(-1, 2, 2));
-  at::Tensor wh_c = (rb_c - lt_c).clamp_min(0);
-  at::Tensor enclose = wh_c.select(-1, 0) * wh_c.select(-1, 1);
-  return iou - (enclose - uni) / enclose.clamp_min(1e-12);
-}
 
 at::Tensor BoxRelationFeatures(const at::Tensor& src, const at::Tensor& tgt) {
   at::Tensor xy1 = src.narrow(-1, 0, 2).unsqueeze(-2), wh1 = src.narrow(-1, 2, 2).unsqueeze(-2);

@@ -27,9 +27,6 @@ constexpr double kRelationTemperature = 10000.0;
 constexpr double kRelationScale = 100.0;
 constexpr double kRelationLogEps = 1e-6;      // log(w_p + 1e-6)
 
-// Pairwise generalized IoU of cxcywh boxes: [B,N,4] x [B,M,4] -> [B,N,M].
-at::Tensor PairwiseGiou(const at::Tensor& boxes1, const at::Tensor& boxes2);
-
 // The 4 relation-detr features log(|dx|/(w_i+e)+1), log(|dy|/(h_i+e)+1),
 // log((w_i+e)/(w_j+e)), log((h_i+e)/(h_j+e)) of src i and tgt j: [B,N,M,4].
 at::Tensor BoxRelationFeatures(const at::Tensor& src, const at::Tensor& tgt);

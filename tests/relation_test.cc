@@ -1,4 +1,5 @@
 // Relation features, embedding and the relation-aware attention (SPEC 2.2).
+#include "model/box_ops.h"
 #include "model/relation.h"
 
 #include <cmath>

@@ -1,0 +1,15 @@
+// Subcommands of lpdetr-train. Each takes the arguments after its name
+// (argv[0] is the subcommand) and returns the process exit code:
+// 0 done, 1 failed, 2 usage error, 3 stopped by SIGTERM after a checkpoint.
+#pragma once
+
+namespace lpdetr::train {
+
+// eval --annotations GT.json --detections DT.json: COCO bbox evaluation.
+int RunEvalCommand(int argc, char** argv);
+
+// step-tensor --model DIR --input in.safetensors --output out.safetensors:
+// one training forward + backward with the official loss.
+int RunStepTensorCommand(int argc, char** argv);
+
+}  // namespace lpdetr::train

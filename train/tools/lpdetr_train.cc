@@ -1,0 +1,52 @@
+// lpdetr-train: training, evaluation and training-step tools of LP-DETR.
+//
+//   lpdetr-train eval --annotations GT.json --detections DT.json
+//   lpdetr-train step-tensor --model DIR --input in.safetensors --output out.safetensors
+//
+// Exit codes: 0 done, 1 failed, 2 usage, 3 stopped by SIGTERM after writing a
+// resumable checkpoint.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "train/tools/commands.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(int argc, char** argv);
+};
+
+constexpr Command kCommands[] = {
+    {"eval", "COCO bbox evaluation of a detections file (pycocotools semantics)",
+     lpdetr::train::RunEvalCommand},
+    {"step-tensor", "one training forward + backward with the official loss, tensors out",
+     lpdetr::train::RunStepTensorCommand},
+};
+
+void PrintUsage(FILE* out) {
+  std::fprintf(out, "usage: lpdetr-train COMMAND [options]   (COMMAND --help for its options)\n\n");
+  for (const Command& c : kCommands) std::fprintf(out, "  %-12s %s\n", c.name, c.summary);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    PrintUsage(stderr);
+    return 2;
+  }
+  const std::string name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    PrintUsage(stdout);
+    return 0;
+  }
+  for (const Command& c : kCommands) {
+    if (name == c.name) return c.run(argc - 1, argv + 1);
+  }
+  std::fprintf(stderr, "lpdetr-train: unknown command '%s'\n\n", name.c_str());
+  PrintUsage(stderr);
+  return 2;
+}
