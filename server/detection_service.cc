@@ -121,7 +121,11 @@ struct DetectionServiceImpl::Job : Batcher::Task {
     std::lock_guard<std::mutex> lock(mu);
     return abandoned || (context != nullptr && context->IsCancelled());
   }
-  void Drop(const absl::Status& s) override { Complete(s); }
+  // A task the batcher drops as cancelled whose deadline has (all but)
+  // passed was cancelled by gRPC for that deadline: DEADLINE_EXCEEDED.
+  void Drop(const absl::Status& s) override {
+    Complete(s.code() == absl::StatusCode::kCancelled && DeadlineReached() ? DeadlineError() : s);
+  }
   // The handler no longer waits: never touch its context again.
   void Abandon() {
     std::lock_guard<std::mutex> lock(mu);
@@ -136,19 +140,31 @@ struct DetectionServiceImpl::Job : Batcher::Task {
     }
     cv.notify_all();
   }
+  // A call is cancelled at its deadline from two sides: by the server's gRPC
+  // timer (which may fire a little before this job's copy of the deadline),
+  // and by the client, whose deadline started before the call arrived here,
+  // so its cancel comes early by the transit time. A cancellation this close
+  // to the deadline is the deadline, which is what the client sees, and is
+  // reported (and counted) as DEADLINE_EXCEEDED.
+  static constexpr std::chrono::milliseconds kDeadlineSlack{250};
+  bool DeadlineReached() const { return Clock::now() + kDeadlineSlack >= deadline; }
+  static absl::Status DeadlineError() {
+    return absl::DeadlineExceededError("deadline exceeded before the result was ready");
+  }
   // Waits for completion, the deadline or cancellation; afterwards the job no
   // longer touches the context.
   absl::Status Wait() {
     std::unique_lock<std::mutex> lock(mu);
     while (!done) {
-      if (context->IsCancelled()) {
-        abandoned = true;
-        return absl::CancelledError("request cancelled by the client");
-      }
       const Clock::time_point now = Clock::now();
       if (now >= deadline) {
         abandoned = true;
-        return absl::DeadlineExceededError("deadline exceeded before the result was ready");
+        return DeadlineError();
+      }
+      if (context->IsCancelled()) {
+        abandoned = true;
+        if (DeadlineReached()) return DeadlineError();
+        return absl::CancelledError("request cancelled by the client");
       }
       cv.wait_until(lock, std::min(deadline, now + std::chrono::milliseconds(20)));
     }
@@ -157,26 +173,30 @@ struct DetectionServiceImpl::Job : Batcher::Task {
   }
 };
 
-// Counts a call in progress for WaitIdle.
-struct DetectionServiceImpl::ActiveCall {
-  explicit ActiveCall(DetectionServiceImpl* s) : service(s) {
-    std::lock_guard<std::mutex> lock(service->active_mu_);
-    ++service->active_;
+// Registers a DetectStream's lock and condition variable for the lifetime of
+// the handler, so BeginShutdown can wake its writer.
+struct DetectionServiceImpl::StreamRegistration {
+  StreamRegistration(DetectionServiceImpl* s, std::mutex* mu, std::condition_variable* cv)
+      : service(s), entry{mu, cv} {
+    std::lock_guard<std::mutex> lock(service->streams_mu_);
+    service->streams_.insert(&entry);
   }
-  ~ActiveCall() {
-    {
-      std::lock_guard<std::mutex> lock(service->active_mu_);
-      --service->active_;
-    }
-    service->active_cv_.notify_all();
+  ~StreamRegistration() {
+    std::lock_guard<std::mutex> lock(service->streams_mu_);
+    service->streams_.erase(&entry);
   }
   DetectionServiceImpl* service;
+  StreamWakeup entry;
 };
 
-int DetectionServiceImpl::WaitIdle(std::chrono::steady_clock::time_point deadline) {
-  std::unique_lock<std::mutex> lock(active_mu_);
-  active_cv_.wait_until(lock, deadline, [&] { return active_ == 0; });
-  return active_;
+void DetectionServiceImpl::BeginShutdown() {
+  shutting_down_ = true;
+  std::lock_guard<std::mutex> lock(streams_mu_);
+  for (StreamWakeup* stream : streams_) {
+    // Taking the stream's lock orders the flag before its writer's next check.
+    { std::lock_guard<std::mutex> stream_lock(*stream->mu); }
+    stream->cv->notify_all();
+  }
 }
 
 absl::StatusOr<std::unique_ptr<DetectionServiceImpl>> DetectionServiceImpl::Create(
@@ -307,7 +327,6 @@ void DetectionServiceImpl::RunBatch(std::vector<Batcher::TaskPtr>& batch) {
 grpc::Status DetectionServiceImpl::Detect(grpc::ServerContext* context,
                                           const DetectRequest* request,
                                           DetectResponse* response) {
-  ActiveCall active(this);
   const Clock::time_point t0 = Clock::now();
   absl::Status status;
   absl::StatusOr<std::shared_ptr<Job>> job = Start(context, *request);
@@ -332,10 +351,11 @@ grpc::Status DetectionServiceImpl::Detect(grpc::ServerContext* context,
 grpc::Status DetectionServiceImpl::DetectStream(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<DetectResponse, DetectRequest>* stream) {
-  // A stream counts as in progress (WaitIdle) only while it has frames in
-  // flight, so an idle stream does not hold a shutdown.
+  // On shutdown a stream answers the frames it has in flight and then ends:
+  // with UNAVAILABLE when it is not waiting for a frame, else by cancelling
+  // the call, because a synchronous Read cannot be interrupted otherwise (an
+  // idle stream so never holds the exit).
   struct Slot {
-    std::unique_ptr<ActiveCall> active;
     std::string request_id;
     bool stop_on_error = false;
     Clock::time_point t0;
@@ -346,8 +366,10 @@ grpc::Status DetectionServiceImpl::DetectStream(
   std::condition_variable cv;
   std::deque<std::shared_ptr<Slot>> window;
   bool reading_done = false;
+  bool in_read = false;         // the reader is blocked in stream->Read
   bool stop = false;            // writer hit a stop_on_error failure / write failed
   absl::Status end_status;      // the stream's final status when stopped
+  StreamRegistration registration(this, &mu, &cv);
 
   // With mu held: drops every slot, detaching their jobs from the context.
   auto clear_window = [&] {
@@ -366,7 +388,16 @@ grpc::Status DetectionServiceImpl::DetectStream(
       std::shared_ptr<Slot> slot;
       {
         std::unique_lock<std::mutex> lock(mu);
-        cv.wait(lock, [&] { return !window.empty() || reading_done; });
+        bool cancelled_for_drain = false;
+        while (window.empty() && !reading_done) {
+          if (shutting_down_ && in_read && !cancelled_for_drain) {
+            // Draining and nothing in flight: unblock the reader.
+            cancelled_for_drain = true;
+            end_status = absl::UnavailableError("server is shutting down");
+            context->TryCancel();
+          }
+          cv.wait(lock);
+        }
         if (window.empty()) return;
         slot = window.front();
       }
@@ -416,14 +447,22 @@ grpc::Status DetectionServiceImpl::DetectStream(
       cv.wait(lock, [&] { return stop || static_cast<int>(window.size()) < options_.stream_window; });
       if (stop) break;
     }
-    if (shutting_down_) {
+    {
       std::lock_guard<std::mutex> lock(mu);
-      if (!stop) end_status = absl::UnavailableError("server is shutting down");
-      break;
+      if (shutting_down_) {
+        if (!stop) end_status = absl::UnavailableError("server is shutting down");
+        break;
+      }
+      in_read = true;
     }
-    if (!stream->Read(&request)) break;
+    cv.notify_all();
+    const bool got = stream->Read(&request);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      in_read = false;
+    }
+    if (!got) break;
     auto slot = std::make_shared<Slot>();
-    slot->active = std::make_unique<ActiveCall>(this);
     slot->t0 = Clock::now();
     slot->request_id = request.request_id();
     slot->stop_on_error = request.stop_on_error();

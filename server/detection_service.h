@@ -15,9 +15,11 @@
 #include <condition_variable>
 #include <mutex>
 #include <memory>
+#include <set>
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "lpdetr/v1/detection.grpc.pb.h"
 #include "server/batcher.h"
@@ -50,12 +52,10 @@ class DetectionServiceImpl final : public lpdetr::v1::DetectionService::Service 
       grpc::ServerReaderWriter<lpdetr::v1::DetectResponse, lpdetr::v1::DetectRequest>* stream)
       override;
 
-  // New requests (and new stream frames) get UNAVAILABLE from now on.
-  void BeginShutdown() { shutting_down_ = true; }
-  // Waits until no Detect call and no DetectStream frame is in progress, or
-  // until `deadline`; returns the number still in progress. Streams without
-  // frames in flight do not count (the server's Shutdown cancels them).
-  int WaitIdle(std::chrono::steady_clock::time_point deadline);
+  // New requests (and new stream frames) get UNAVAILABLE from now on;
+  // accepted ones run to completion. Every DetectStream answers the frames
+  // it has in flight and then ends (an idle one at once).
+  void BeginShutdown();
   // Runs every accepted job and stops the workers (after the gRPC server's
   // Shutdown returned).
   void StopBatcher() { batcher_->Stop(); }
@@ -75,11 +75,14 @@ class DetectionServiceImpl final : public lpdetr::v1::DetectionService::Service 
   ServiceMetrics* metrics_;
   std::unique_ptr<Batcher> batcher_;
   std::atomic<bool> shutting_down_{false};
-  // Calls in progress (for WaitIdle).
-  std::mutex active_mu_;
-  std::condition_variable active_cv_;
-  int active_ = 0;
-  struct ActiveCall;
+  // The open streams' wakeups (for BeginShutdown).
+  struct StreamWakeup {
+    std::mutex* mu;
+    std::condition_variable* cv;
+  };
+  std::mutex streams_mu_;
+  std::set<StreamWakeup*> streams_ ABSL_GUARDED_BY(streams_mu_);
+  struct StreamRegistration;
 };
 
 }  // namespace lpdetr::server

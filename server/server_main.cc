@@ -21,10 +21,10 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <nlohmann/json.hpp>
 
 #include "absl/flags/flag.h"
@@ -35,7 +35,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "model/runtime.h"
+#include "server/call_tracker.h"
 #include "server/detection_service.h"
+#include "server/health_service.h"
 #include "server/log.h"
 #include "server/metrics/metrics.h"
 #include "server/model_runner.h"
@@ -174,6 +176,29 @@ int Fail(const absl::Status& status, const char* stage) {
   return 1;
 }
 
+// The graceful drain after SIGTERM / SIGINT, in this order:
+//  1. health turns NOT_SERVING at once (every service name) and open health
+//     Watch streams end after sending it;
+//  2. new Detect calls and stream frames get UNAVAILABLE, accepted ones keep
+//     running; each DetectStream answers its frames in flight, then ends (an
+//     idle one at once);
+//  3. the drain waits, until `deadline`, for every gRPC call to be finished
+//     with its answer written out (CallTracker);
+//  4. the gRPC server shuts down: what is left past the deadline is
+//     cancelled (logged with a count), and idle client connections close
+//     (waiting for clients to close them would hold the exit);
+//  5. the batcher drains and its workers join.
+void Drain(std::chrono::steady_clock::time_point deadline, HealthServiceImpl* health,
+           DetectionServiceImpl* detection, const CallTracker& calls, grpc::Server* server) {
+  health->Shutdown();
+  detection->BeginShutdown();
+  const int left = calls.WaitForNone(deadline);
+  if (left > 0) LogEvent(LogLevel::kWarning, "shutdown_timeout", {{"calls_cancelled", left}});
+  server->Shutdown(std::chrono::system_clock::now());
+  detection->StopBatcher();
+  server->Wait();
+}
+
 int Main(int argc, char** argv) {
   // Termination signals are handled by sigwait below; block them before any
   // thread starts so that every thread inherits the mask.
@@ -281,7 +306,8 @@ int Main(int argc, char** argv) {
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeCredentials();
   if (!credentials.ok()) return Fail(credentials.status(), "tls");
 
-  grpc::EnableDefaultHealthCheckService(true);
+  HealthServiceImpl health;
+  CallTracker calls;
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int grpc_port = 0;
@@ -290,17 +316,22 @@ int Main(int argc, char** argv) {
   builder.SetMaxSendMessageSize(static_cast<int>(max_message));
   builder.RegisterService(detection->get());
   builder.RegisterService(&model_service);
+  builder.RegisterService(&health);
+  {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> hooks;
+    hooks.push_back(calls.MakeFactory());
+    builder.experimental().SetInterceptorCreators(std::move(hooks));
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || grpc_port == 0) {
     return Fail(absl::UnavailableError(absl::StrCat("cannot listen on --grpc_address ",
                                                     absl::GetFlag(FLAGS_grpc_address))),
                 "listen");
   }
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   // The server as a whole ("") and each of its services by full name.
-  health->SetServingStatus(true);
+  health.SetServingStatus("", true);
   for (const char* service : {"lpdetr.v1.DetectionService", "lpdetr.v1.ModelService"}) {
-    health->SetServingStatus(service, true);
+    health.SetServingStatus(service, true);
   }
   LogEvent(LogLevel::kInfo, "startup",
            {{"grpc_address", absl::GetFlag(FLAGS_grpc_address)},
@@ -316,23 +347,14 @@ int Main(int argc, char** argv) {
            {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
             {"queued", (*detection)->batcher().QueueDepth()},
             {"timeout_s", shutdown_timeout}});
-  health->SetServingStatus(false);  // every service name
-  (*detection)->BeginShutdown();
-  // Accepted work finishes (the batcher keeps running) while new detection
-  // calls get UNAVAILABLE; then the gRPC server stops at once, cancelling
-  // what is left (health Watch streams, idle streams, calls past the
-  // deadline), and the batcher drains and joins.
-  const int left = (*detection)->WaitIdle(
-      stop_start + std::chrono::microseconds(static_cast<int64_t>(shutdown_timeout * 1e6)));
-  if (left > 0) {
-    LogEvent(LogLevel::kWarning, "shutdown_timeout", {{"calls_cancelled", left}});
-  }
-  server->Shutdown(std::chrono::system_clock::now());
-  (*detection)->StopBatcher();
-  server->Wait();
+  Drain(stop_start + std::chrono::microseconds(static_cast<int64_t>(shutdown_timeout * 1e6)),
+        &health, detection->get(), calls, server.get());
   exposer.reset();
   LogEvent(LogLevel::kInfo, "shutdown_complete",
-           {{"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() -
+           {{"detect_ok", service_metrics.RequestCount("Detect", absl::StatusCode::kOk)},
+            {"stream_frames_ok",
+             service_metrics.RequestCount("DetectStream", absl::StatusCode::kOk)},
+            {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() -
                                                       stop_start).count()}});
   return 0;
 }

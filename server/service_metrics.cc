@@ -36,6 +36,11 @@ void ServiceMetrics::CountRequest(const std::string& method, absl::StatusCode co
   request_duration_->Add({{"method", method}}).Observe(seconds);
 }
 
+int64_t ServiceMetrics::RequestCount(const std::string& method, absl::StatusCode code) const {
+  return static_cast<int64_t>(
+      requests_->Add({{"method", method}, {"code", CodeName(code)}}).Value());
+}
+
 void ServiceMetrics::ObserveBatch(int images, double seconds) {
   inference_->Observe(seconds);
   batch_size_->Observe(images);

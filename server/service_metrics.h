@@ -10,6 +10,7 @@
 //   lpdetr_model_info{name,variant,version}     gauge = 1
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -28,6 +29,8 @@ class ServiceMetrics {
   void ObserveQueue(double seconds) { queue_->Observe(seconds); }
   void ObserveBatch(int images, double seconds);
   void SetQueueDepth(int depth) { queue_depth_->Set(depth); }
+  // lpdetr_requests_total of one method and code so far.
+  int64_t RequestCount(const std::string& method, absl::StatusCode code) const;
 
   const std::shared_ptr<metrics::Registry>& registry() const { return registry_; }
 
