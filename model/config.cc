@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <cmath>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -17,7 +18,8 @@ const std::set<std::string>& KnownKeys() {
       "name",           "version",     "backbone",           "return_indices",
       "embed_dim",      "num_heads",   "dim_feedforward",    "enc_layers",
       "dec_layers",     "num_feature_levels", "num_points",  "num_queries",
-      "hybrid_num_proposals", "hybrid_assign", "denoising_nums", "num_classes",
+      "hybrid_num_proposals", "hybrid_assign", "denoising_nums", "label_noise_prob",
+      "box_noise_scale", "num_classes",
       "num_select",     "min_size",    "max_size",           "relation",
       "classes"};
   return keys;
@@ -31,6 +33,16 @@ int GetInt(const json& j, const char* key, int fallback) {
                                 "' must be an integer, got " + v.dump());
   }
   return v.get<int>();
+}
+
+double GetDouble(const json& j, const char* key, double fallback) {
+  if (!j.contains(key)) return fallback;
+  const json& v = j.at(key);
+  if (!v.is_number()) {
+    throw std::invalid_argument(std::string("config: '") + key + "' must be a number, got " +
+                                v.dump());
+  }
+  return v.get<double>();
 }
 
 std::string GetString(const json& j, const char* key, const std::string& fallback) {
@@ -82,6 +94,8 @@ ModelConfig ModelConfig::FromJson(const json& j) {
   c.hybrid_num_proposals = GetInt(j, "hybrid_num_proposals", c.hybrid_num_proposals);
   c.hybrid_assign = GetInt(j, "hybrid_assign", c.hybrid_assign);
   c.denoising_nums = GetInt(j, "denoising_nums", c.denoising_nums);
+  c.label_noise_prob = GetDouble(j, "label_noise_prob", c.label_noise_prob);
+  c.box_noise_scale = GetDouble(j, "box_noise_scale", c.box_noise_scale);
   c.num_classes = GetInt(j, "num_classes", c.num_classes);
   c.num_select = GetInt(j, "num_select", c.num_select);
   c.min_size = GetInt(j, "min_size", c.min_size);
@@ -150,6 +164,8 @@ json ModelConfig::ToJson() const {
   j["hybrid_num_proposals"] = hybrid_num_proposals;
   j["hybrid_assign"] = hybrid_assign;
   j["denoising_nums"] = denoising_nums;
+  j["label_noise_prob"] = label_noise_prob;
+  j["box_noise_scale"] = box_noise_scale;
   j["num_classes"] = num_classes;
   j["num_select"] = num_select;
   j["min_size"] = min_size;
@@ -190,6 +206,11 @@ void ModelConfig::Validate() const {
   Require(hybrid_num_proposals >= 0, "'hybrid_num_proposals' must be >= 0");
   Require(hybrid_assign >= 1, "'hybrid_assign' must be >= 1");
   Require(denoising_nums >= 0, "'denoising_nums' must be >= 0");
+  Require(label_noise_prob >= 0.0 && label_noise_prob <= 1.0,
+          "'label_noise_prob' must be in [0, 1], got " + std::to_string(label_noise_prob));
+  Require(box_noise_scale >= 0.0 && std::isfinite(box_noise_scale),
+          "'box_noise_scale' must be a finite number >= 0, got " +
+              std::to_string(box_noise_scale));
   Require(num_classes >= 1, "'num_classes' must be >= 1");
   Require(num_select >= 1, "'num_select' must be >= 1");
   Require(min_size >= 32 && max_size >= min_size,

@@ -19,6 +19,10 @@
 //   hybrid_num_proposals int   one-to-many queries used in training (1500)
 //   hybrid_assign     int      GT repeats of the hybrid branch (6)
 //   denoising_nums    int      contrastive denoising queries (100)
+//   label_noise_prob  number   denoising label noise, in [0, 1] (0.5); each
+//                              label is swapped with probability half of it
+//   box_noise_scale   number   denoising box jitter scale, >= 0 (1.0); 0 makes
+//                              every denoising box its ground truth
 //   num_classes       int      classifier width (91)
 //   num_select        int      detections kept by post-processing (300)
 //   min_size, max_size int     inference resize (800, 1333)
@@ -54,6 +58,8 @@ struct ModelConfig {
   int hybrid_num_proposals = 1500;
   int hybrid_assign = 6;
   int denoising_nums = 100;
+  double label_noise_prob = 0.5;
+  double box_noise_scale = 1.0;
   int num_classes = 91;
   int num_select = 300;
   int min_size = 800;

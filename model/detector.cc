@@ -120,7 +120,8 @@ LpDetrImpl::LpDetrImpl(const ModelConfig& config) : config_(config) {
   denoising_generator = register_module(
       "denoising_generator",
       DenoisingGenerator(config_.num_queries, config_.num_classes, config_.embed_dim,
-                         config_.denoising_nums));
+                         config_.denoising_nums, config_.label_noise_prob,
+                         config_.box_noise_scale));
 }
 
 at::Tensor LpDetrImpl::ScaleAlpha() const { return transformer->decoder->ScaleAlpha(); }

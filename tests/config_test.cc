@@ -81,6 +81,32 @@ TEST(ConfigTest, RejectsBadValuesWithClearMessages) {
   EXPECT_NE(ErrorOf(json::array()).find("object"), std::string::npos);
 }
 
+TEST(ConfigTest, TrainingKeysParseRoundTripAndDefaultToTheOfficialValues) {
+  ModelConfig d = ModelConfig::FromJson(json::object());
+  EXPECT_EQ(d.denoising_nums, 100);
+  EXPECT_EQ(d.hybrid_assign, 6);
+  EXPECT_DOUBLE_EQ(d.label_noise_prob, 0.5);
+  EXPECT_DOUBLE_EQ(d.box_noise_scale, 1.0);
+
+  json j = {{"denoising_nums", 40}, {"label_noise_prob", 0.0}, {"box_noise_scale", 0},
+            {"hybrid_assign", 3}};
+  ModelConfig c = ModelConfig::FromJson(j);
+  EXPECT_EQ(c.denoising_nums, 40);
+  EXPECT_EQ(c.hybrid_assign, 3);
+  EXPECT_DOUBLE_EQ(c.label_noise_prob, 0.0);
+  EXPECT_DOUBLE_EQ(c.box_noise_scale, 0.0);
+  ModelConfig back = ModelConfig::FromJson(c.ToJson());
+  EXPECT_DOUBLE_EQ(back.label_noise_prob, 0.0);
+  EXPECT_DOUBLE_EQ(back.box_noise_scale, 0.0);
+  EXPECT_EQ(back.ToJson(), c.ToJson());
+
+  EXPECT_NE(ErrorOf({{"label_noise_prob", 1.5}}).find("label_noise_prob"), std::string::npos);
+  EXPECT_NE(ErrorOf({{"label_noise_prob", -0.1}}).find("label_noise_prob"), std::string::npos);
+  EXPECT_NE(ErrorOf({{"label_noise_prob", "0.5"}}).find("must be a number"), std::string::npos);
+  EXPECT_NE(ErrorOf({{"box_noise_scale", -1.0}}).find("box_noise_scale"), std::string::npos);
+  EXPECT_NE(ErrorOf({{"box_noise_scale", true}}).find("must be a number"), std::string::npos);
+}
+
 TEST(ConfigTest, MissingOrInvalidFileIsAnError) {
   EXPECT_THROW(ModelConfig::FromFile("/nonexistent/config.json"), std::invalid_argument);
   const std::string path = testing::TempDir() + "/bad_config.json";

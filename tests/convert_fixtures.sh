@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Converts the official parity fixtures into model directories with the
-# project's converter (the converter is part of what the parity tests check).
+# Converts the official parity fixtures (inference and training-step ones)
+# into model directories with the project's converter (the converter is part
+# of what the parity tests check). Fixture folders that are absent are skipped.
 # Usage: convert_fixtures.sh PYTHON   (env: LPDETR_FIXTURES_DIR, LPDETR_TEST_MODELS)
 set -euo pipefail
 python="${1:-/usr/bin/python3}"
@@ -12,7 +13,11 @@ if [ ! -d "$fixtures" ]; then
   exit 77
 fi
 mkdir -p "$out"
-for name in lp-detr-tiny relation-detr-tiny; do
+for name in lp-detr-tiny relation-detr-tiny lp-detr-tiny-train relation-detr-tiny-train; do
+  if [ ! -f "$fixtures/$name/checkpoint.pth" ]; then
+    echo "fixture $name not found: skipped" >&2
+    continue
+  fi
   "$python" "$src/tools/convert_checkpoint.py" \
     --checkpoint "$fixtures/$name/checkpoint.pth" \
     --reference-config "$fixtures/$name/reference_config.json" \

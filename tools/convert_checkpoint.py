@@ -27,6 +27,11 @@ The output directory holds:
     weights.safetensors   every expected tensor under its official name
     labels.txt            only with --labels
 
+The reference config's training keys (denoising_nums, label_noise_prob,
+box_noise_scale, hybrid_assign; official defaults 100, 0.5, 1.0, 6) are copied
+into config.json, where the model's contrastive denoising and hybrid branch
+read them.
+
 The checkpoint's key set must equal the set computed from the reference config
 (``expected_tensors``); every missing / unexpected key and every shape mismatch
 is reported. Failures print ``convert_checkpoint: error: ...`` on stderr and
@@ -37,6 +42,7 @@ and renamed at the end, so a failed conversion leaves no half-written model.
 import argparse
 import collections
 import json
+import math
 import os
 import shutil
 import struct
@@ -73,6 +79,8 @@ DEFAULTS = collections.OrderedDict([
     ("hybrid_num_proposals", 1500),
     ("hybrid_assign", 6),
     ("denoising_nums", 100),
+    ("label_noise_prob", 0.5),
+    ("box_noise_scale", 1.0),
     ("num_classes", 91),
     ("num_select", 300),
     ("min_size", 800),
@@ -99,6 +107,12 @@ INT_KEYS = collections.OrderedDict([
     ("relation_heads", 0),
 ])
 
+# floating-point keys and their allowed range [lo, hi] (hi None = unbounded)
+FLOAT_KEYS = collections.OrderedDict([
+    ("label_noise_prob", (0.0, 1.0)),
+    ("box_noise_scale", (0.0, None)),
+])
+
 REFERENCE_KEYS = frozenset(
     list(DEFAULTS) + ["relation_heads", "name", "version", "classes"])
 
@@ -107,8 +121,8 @@ CONFIG_KEYS = (
     "name", "version", "backbone", "return_indices", "embed_dim", "num_heads",
     "dim_feedforward", "enc_layers", "dec_layers", "num_feature_levels",
     "num_points", "num_queries", "hybrid_num_proposals", "hybrid_assign",
-    "denoising_nums", "num_classes", "num_select", "min_size", "max_size",
-    "relation")
+    "denoising_nums", "label_noise_prob", "box_noise_scale", "num_classes",
+    "num_select", "min_size", "max_size", "relation")
 
 RELATION_DETR_PREFIX = "transformer.decoder.position_relation_embedding."
 LP_DETR_PREFIX = "transformer.decoder.multi_scale_relation."
@@ -177,6 +191,15 @@ def normalize_config(ref):
         if v < lo:
             raise ConvertError("reference config: %s must be >= %d, got %d"
                                % (k, lo, v))
+    for k, (lo, hi) in FLOAT_KEYS.items():
+        v = cfg[k]
+        if not (_is_int(v) or isinstance(v, float)) or not math.isfinite(v):
+            raise ConvertError("reference config: %s must be a finite number, got %r"
+                               % (k, v))
+        if v < lo or (hi is not None and v > hi):
+            raise ConvertError("reference config: %s must be in [%g, %s], got %r"
+                               % (k, lo, "inf" if hi is None else "%g" % hi, v))
+        cfg[k] = float(v)
 
     ri = cfg["return_indices"]
     if (not isinstance(ri, list) or not ri or not all(_is_int(i) for i in ri)

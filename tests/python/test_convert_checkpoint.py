@@ -32,6 +32,9 @@ FIXTURES = os.environ.get("LPDETR_FIXTURES_DIR",
                           os.path.join(os.path.dirname(REPO), "shared", "fixtures"))
 LP_FIXTURE = os.path.join(FIXTURES, "lp-detr-tiny")
 REL_FIXTURE = os.path.join(FIXTURES, "relation-detr-tiny")
+TRAIN_FIXTURES = [os.path.join(FIXTURES, n)
+                  for n in ("lp-detr-tiny-train", "relation-detr-tiny-train")]
+TRAINING_KEYS = ("denoising_nums", "label_noise_prob", "box_noise_scale", "hybrid_assign")
 ERROR_PREFIX = "convert_checkpoint: error:"
 
 REL_PREFIX = "transformer.decoder.position_relation_embedding."
@@ -56,6 +59,7 @@ def have_fixture(folder):
 HAVE_FIXTURES = have_fixture(LP_FIXTURE) and have_fixture(REL_FIXTURE)
 needs_fixtures = unittest.skipUnless(
     HAVE_FIXTURES, "fixtures not found in %s (set LPDETR_FIXTURES_DIR)" % FIXTURES)
+HAVE_TRAIN_FIXTURES = all(have_fixture(f) for f in TRAIN_FIXTURES)
 
 
 # --------------------------------------------------------------------------
@@ -231,7 +235,8 @@ class FixtureConversionTest(TmpDirTest):
             "enc_layers", "dec_layers", "num_feature_levels", "num_points",
             "num_queries", "hybrid_num_proposals", "num_classes", "num_select")}
         exp.update(name=ref["variant"], version="1", hybrid_assign=6,
-                   denoising_nums=100, min_size=800, max_size=1333,
+                   denoising_nums=100, label_noise_prob=0.5, box_noise_scale=1.0,
+                   min_size=800, max_size=1333,
                    relation={"variant": ref["variant"], "heads": ref["relation_heads"]})
         return exp
 
@@ -247,6 +252,24 @@ class FixtureConversionTest(TmpDirTest):
                 self.check_model_dir(out, sd, cfg)
                 got = load_json(os.path.join(out, "config.json"))
                 self.assertEqual(got, self.expected_config_json(load_json(cfg)))
+                self.assertEqual(set(got), set(cc.CONFIG_KEYS))
+
+    @unittest.skipUnless(HAVE_TRAIN_FIXTURES, "training fixtures not found in %s" % FIXTURES)
+    def test_training_fixtures_copy_the_training_keys(self):
+        for folder in TRAIN_FIXTURES:
+            with self.subTest(folder=folder):
+                out = self.path(os.path.basename(folder))
+                cfg = os.path.join(folder, "reference_config.json")
+                rc, _, err = run_inprocess("--checkpoint", os.path.join(folder, "checkpoint.pth"),
+                                           "--reference-config", cfg, "--output", out)
+                self.assertEqual(rc, 0, err)
+                ref = load_json(cfg)
+                got = load_json(os.path.join(out, "config.json"))
+                for k in TRAINING_KEYS:
+                    self.assertIn(k, ref)
+                    self.assertEqual(got[k], ref[k], k)
+                self.assertIsInstance(got["label_noise_prob"], float)
+                self.assertIsInstance(got["box_noise_scale"], float)
                 self.assertEqual(set(got), set(cc.CONFIG_KEYS))
 
     def test_generator_matches_fixture_names_order_and_shapes(self):
@@ -470,6 +493,14 @@ class ErrorTest(TmpDirTest):
             (self.write_config(dict(self.cfg, backbone="vgg16"), "b.json"), "backbone"),
             (self.write_config(dict(self.cfg, relation_heads=5), "r.json"), "relation_heads"),
             (self.write_config(dict(self.cfg, num_queries="60"), "q.json"), "num_queries"),
+            (self.write_config(dict(self.cfg, label_noise_prob=1.5), "n1.json"),
+             "label_noise_prob must be in [0, 1]"),
+            (self.write_config(dict(self.cfg, label_noise_prob="0.5"), "n2.json"),
+             "label_noise_prob must be a finite number"),
+            (self.write_config(dict(self.cfg, box_noise_scale=-0.5), "n3.json"),
+             "box_noise_scale must be in [0, inf]"),
+            (self.write_config(dict(self.cfg, box_noise_scale=True), "n4.json"),
+             "box_noise_scale must be a finite number"),
             (self.write_config([1, 2], "l.json"), "JSON object"),
             (self.path("absent.json"), "absent.json"),
         ]

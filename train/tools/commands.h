@@ -3,6 +3,8 @@
 // 0 done, 1 failed, 2 usage error, 3 stopped by SIGTERM after a checkpoint.
 #pragma once
 
+#include "model/runtime.h"
+
 namespace lpdetr::train {
 
 // eval --annotations GT.json --detections DT.json: COCO bbox evaluation.
@@ -11,5 +13,11 @@ int RunEvalCommand(int argc, char** argv);
 // step-tensor --model DIR --input in.safetensors --output out.safetensors:
 // one training forward + backward with the official loss.
 int RunStepTensorCommand(int argc, char** argv);
+
+// The numerics step-tensor runs with (--numerics, default reference), read
+// from its arguments before any library work so that main() can configure the
+// process (ConfigureProcess) for it. Never throws; a bad value is reported by
+// RunStepTensorCommand.
+Numerics StepTensorNumerics(int argc, char** argv);
 
 }  // namespace lpdetr::train

@@ -43,6 +43,11 @@ int main(int argc, char** argv) {
     PrintUsage(stdout);
     return 0;
   }
+  // step-tensor runs with the parity fixtures' numerics by default; the math
+  // libraries read their settings at load time, so set them (re-exec) first.
+  if (name == "step-tensor") {
+    lpdetr::ConfigureProcess(argv, lpdetr::train::StepTensorNumerics(argc - 1, argv + 1));
+  }
   for (const Command& c : kCommands) {
     if (name == c.name) return c.run(argc - 1, argv + 1);
   }
