@@ -9,7 +9,7 @@ PACKAGES=(
   nlohmann-json3-dev
   libopencv-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3-torch python3-numpy python3-scipy
+  python3-torch python3-numpy python3-scipy python3-pil
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libssl-dev openssl curl
   prometheus python3-grpcio python3-protobuf

@@ -839,6 +839,21 @@ TEST_F(ServerTest, SigtermDuringLoadLosesNoAcceptedRequest) {
   ASSERT_TRUE(idle->Read(&first));
   EXPECT_EQ(first.results_size(), 1);
 
+  // A stream with frames in flight at the signal gets every answer, then
+  // ends: three slow frames, all read by the server (two of them queued)
+  // before the unary load starts.
+  auto queue_depth = [&] {
+    const std::string text = HttpGet(s->metrics_port(), "/metrics");
+    const size_t at = text.find("\nlpdetr_queue_depth ");
+    return at == std::string::npos
+               ? 0.0
+               : std::atof(text.c_str() + at + std::strlen("\nlpdetr_queue_depth "));
+  };
+  grpc::ClientContext bctx;
+  auto busy = stub->DetectStream(&bctx);
+  for (int f = 0; f < 3; ++f) ASSERT_TRUE(busy->Write(Request({png_, jpeg_, png_})));
+  for (int tries = 0; tries < 500 && queue_depth() < 2; ++tries) std::this_thread::sleep_for(5ms);
+
   // Enough work (24 requests of 3 images, one request per batch) that the
   // queue stays deep for seconds, however fast inference is.
   const int n = 24;
@@ -852,18 +867,21 @@ TEST_F(ServerTest, SigtermDuringLoadLosesNoAcceptedRequest) {
     });
   }
   // Wait until several requests are queued, then SIGTERM.
-  for (int tries = 0; tries < 500; ++tries) {
-    const std::string text = HttpGet(s->metrics_port(), "/metrics");
-    const size_t at = text.find("\nlpdetr_queue_depth ");
-    if (at != std::string::npos &&
-        std::atof(text.c_str() + at + std::strlen("\nlpdetr_queue_depth ")) >= 4) {
-      break;
-    }
+  for (int tries = 0; tries < 500 && queue_depth() < 4; ++tries) {
     std::this_thread::sleep_for(10ms);
   }
   s->Signal(SIGTERM);
   std::vector<grpc::health::v1::HealthCheckResponse::ServingStatus> seen;
   while (watch->Read(&hs)) seen.push_back(hs.status());
+  int busy_answers = 0;
+  DetectResponse frame;
+  while (busy->Read(&frame)) {
+    EXPECT_FALSE(frame.has_error()) << frame.error().message();
+    EXPECT_EQ(frame.results_size(), 3);
+    ++busy_answers;
+  }
+  EXPECT_EQ(busy_answers, 3);
+  EXPECT_FALSE(busy->Finish().ok());
   for (auto& t : clients) t.join();
   // Done well before the 60 s shutdown deadline: nothing (not even the open
   // health Watch) holds the exit once accepted work is finished.
