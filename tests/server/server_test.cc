@@ -996,6 +996,46 @@ TEST_F(ServerTest, DrainAnswersEveryAcceptedCall) {
                                      << rounds << " rounds";
 }
 
+// Past --shutdown_timeout_s the drain gives up: what is left is cancelled,
+// the log counts it, and the process still exits 0 promptly.
+TEST_F(ServerTest, DrainPastTheTimeoutCancelsWhatIsLeft) {
+  std::unique_ptr<ServerProcess> s(StartServer(
+      "drain_timeout", {"--max_batch_size=1", "--max_queue_size=64", "--shutdown_timeout_s=0.3"}));
+  auto ch = s->Channel();
+  const int n = 16;
+  std::vector<grpc::Status> results(n);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < n; ++i) {
+    clients.emplace_back([&, i] {
+      DetectResponse resp;
+      results[i] = Detect(ch, Request({png_, png_, png_, png_}), &resp, 120s);
+    });
+  }
+  for (int tries = 0; tries < 500; ++tries) {
+    const std::string text = HttpGet(s->metrics_port(), "/metrics");
+    const size_t at = text.find("\nlpdetr_queue_depth ");
+    if (at != std::string::npos &&
+        std::atof(text.c_str() + at + std::strlen("\nlpdetr_queue_depth ")) >= 8) {
+      break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  const auto signalled = std::chrono::steady_clock::now();
+  s->Signal(SIGTERM);
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(s->WaitExit(30s), 0) << s->Log();
+  // Each batch takes well under a few seconds: the exit does not wait for the queue.
+  EXPECT_LT(std::chrono::steady_clock::now() - signalled, 10s);
+  int failed = 0;
+  for (const grpc::Status& st : results) failed += !st.ok();
+  int cancelled = -1;
+  for (const json& e : s->Events()) {
+    if (e.value("event", "") == "shutdown_timeout") cancelled = e["calls_cancelled"].get<int>();
+  }
+  EXPECT_GT(cancelled, 0) << s->Log();
+  EXPECT_EQ(cancelled, failed);
+}
+
 // openssl: a CA, a server certificate for 127.0.0.1 / localhost, a client one.
 bool MakeCertificates(const fs::path& d) {
   const std::string q = " > /dev/null 2>&1";
