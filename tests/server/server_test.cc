@@ -174,6 +174,26 @@ std::string HttpGet(int port, const std::string& path) {
   return body == std::string::npos ? "" : resp.substr(body + 4);
 }
 
+// lpdetr_queue_depth of a server's /metrics (0 when unreadable).
+int QueueDepth(int metrics_port) {
+  const std::string text = HttpGet(metrics_port, "/metrics");
+  const std::string key = "\nlpdetr_queue_depth ";
+  const size_t at = text.find(key);
+  return at == std::string::npos ? 0 : std::atoi(text.c_str() + at + key.size());
+}
+
+// Polls QueueDepth every `step` until it reaches `depth` or `tries` run out;
+// returns the last depth seen.
+int WaitForQueueDepth(int metrics_port, int depth, int tries = 500,
+                      std::chrono::milliseconds step = std::chrono::milliseconds(10)) {
+  int seen = QueueDepth(metrics_port);
+  for (int i = 0; i < tries && seen < depth; ++i) {
+    std::this_thread::sleep_for(step);
+    seen = QueueDepth(metrics_port);
+  }
+  return seen;
+}
+
 int Shell(const std::string& cmd) {
   const int rc = std::system(cmd.c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
@@ -842,17 +862,10 @@ TEST_F(ServerTest, SigtermDuringLoadLosesNoAcceptedRequest) {
   // A stream with frames in flight at the signal gets every answer, then
   // ends: three slow frames, all read by the server (two of them queued)
   // before the unary load starts.
-  auto queue_depth = [&] {
-    const std::string text = HttpGet(s->metrics_port(), "/metrics");
-    const size_t at = text.find("\nlpdetr_queue_depth ");
-    return at == std::string::npos
-               ? 0.0
-               : std::atof(text.c_str() + at + std::strlen("\nlpdetr_queue_depth "));
-  };
   grpc::ClientContext bctx;
   auto busy = stub->DetectStream(&bctx);
   for (int f = 0; f < 3; ++f) ASSERT_TRUE(busy->Write(Request({png_, jpeg_, png_})));
-  for (int tries = 0; tries < 500 && queue_depth() < 2; ++tries) std::this_thread::sleep_for(5ms);
+  WaitForQueueDepth(s->metrics_port(), 2, 500, 5ms);
 
   // Enough work (24 requests of 3 images, one request per batch) that the
   // queue stays deep for seconds, however fast inference is.
@@ -867,9 +880,7 @@ TEST_F(ServerTest, SigtermDuringLoadLosesNoAcceptedRequest) {
     });
   }
   // Wait until several requests are queued, then SIGTERM.
-  for (int tries = 0; tries < 500 && queue_depth() < 4; ++tries) {
-    std::this_thread::sleep_for(10ms);
-  }
+  WaitForQueueDepth(s->metrics_port(), 4);
   s->Signal(SIGTERM);
   std::vector<grpc::health::v1::HealthCheckResponse::ServingStatus> seen;
   while (watch->Read(&hs)) seen.push_back(hs.status());
@@ -953,16 +964,7 @@ TEST_F(ServerTest, DrainAnswersEveryAcceptedCall) {
         if (results[i].ok()) detections[i] = resp.results_size();
       });
     }
-    int depth = 0;
-    for (int tries = 0; tries < 300 && depth < 12; ++tries) {
-      const std::string text = HttpGet(s->metrics_port(), "/metrics");
-      const size_t at = text.find("\nlpdetr_queue_depth ");
-      if (at != std::string::npos) {
-        depth = std::atoi(text.c_str() + at + std::strlen("\nlpdetr_queue_depth "));
-      }
-      if (depth < 12) std::this_thread::sleep_for(5ms);
-    }
-    deep_rounds += depth >= 12;
+    deep_rounds += WaitForQueueDepth(s->metrics_port(), 12, 300, 5ms) >= 12;
     s->Signal(SIGTERM);
     for (auto& t : clients) t.join();
     ASSERT_EQ(s->WaitExit(60s), 0) << s->Log();
@@ -1011,15 +1013,7 @@ TEST_F(ServerTest, DrainPastTheTimeoutCancelsWhatIsLeft) {
       results[i] = Detect(ch, Request({png_, png_, png_, png_}), &resp, 120s);
     });
   }
-  for (int tries = 0; tries < 500; ++tries) {
-    const std::string text = HttpGet(s->metrics_port(), "/metrics");
-    const size_t at = text.find("\nlpdetr_queue_depth ");
-    if (at != std::string::npos &&
-        std::atof(text.c_str() + at + std::strlen("\nlpdetr_queue_depth ")) >= 8) {
-      break;
-    }
-    std::this_thread::sleep_for(10ms);
-  }
+  WaitForQueueDepth(s->metrics_port(), 8);
   const auto signalled = std::chrono::steady_clock::now();
   s->Signal(SIGTERM);
   for (auto& t : clients) t.join();
