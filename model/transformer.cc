@@ -438,6 +438,7 @@ TransformerOutput RelationTransformerImpl::forward(const MultiLevelInput& in,
     select_topk(hybrid_class_all, hybrid_coord_all, config_.hybrid_num_proposals,
                 &out.hybrid_enc_logits, &out.hybrid_enc_boxes);
     at::Tensor hybrid_target = hybrid_tgt_embed->weight.unsqueeze(0).expand({batch, -1, -1});
+    ScopedStage stage("hybrid decoder");
     out.hybrid = decoder(hybrid_target, out.hybrid_enc_boxes.detach(), memory, shapes,
                          valid_ratios, sine_ratio, mask_flatten, at::Tensor(),
                          /*skip_relation=*/true);

@@ -14,6 +14,11 @@ int RunEvalCommand(int argc, char** argv);
 // one training forward + backward with the official loss.
 int RunStepTensorCommand(int argc, char** argv);
 
+// bench --config CONFIG.json --height H --width W --iters N: times training
+// steps (forward, loss, backward, AdamW) of a random-weight model. main()
+// configures the process for the fast numerics before it runs.
+int RunBenchCommand(int argc, char** argv);
+
 // The numerics step-tensor runs with (--numerics, default reference), read
 // from its arguments before any library work so that main() can configure the
 // process (ConfigureProcess) for it. Never throws; a bad value is reported by

@@ -2,6 +2,7 @@
 //
 //   lpdetr-train eval --annotations GT.json --detections DT.json
 //   lpdetr-train step-tensor --model DIR --input in.safetensors --output out.safetensors
+//   lpdetr-train bench --config CONFIG.json --height H --width W --iters N
 //
 // Exit codes: 0 done, 1 failed, 2 usage, 3 stopped by SIGTERM after writing a
 // resumable checkpoint.
@@ -24,6 +25,8 @@ constexpr Command kCommands[] = {
      lpdetr::train::RunEvalCommand},
     {"step-tensor", "one training forward + backward with the official loss, tensors out",
      lpdetr::train::RunStepTensorCommand},
+    {"bench", "times training steps (forward, loss, backward, AdamW) with random weights",
+     lpdetr::train::RunBenchCommand},
 };
 
 void PrintUsage(FILE* out) {
@@ -47,6 +50,12 @@ int main(int argc, char** argv) {
   // libraries read their settings at load time, so set them (re-exec) first.
   if (name == "step-tensor") {
     lpdetr::ConfigureProcess(argv, lpdetr::train::StepTensorNumerics(argc - 1, argv + 1));
+  }
+  // bench times with the fastest kernels and, like a training process, keeps
+  // freed memory for reuse.
+  if (name == "bench") {
+    lpdetr::ConfigureProcess(argv, lpdetr::Numerics::kFast);
+    lpdetr::RetainFreedMemory();
   }
   for (const Command& c : kCommands) {
     if (name == c.name) return c.run(argc - 1, argv + 1);

@@ -35,6 +35,7 @@
 #include "model/safetensors.h"
 #include "train/criterion.h"
 #include "train/tools/commands.h"
+#include "train/train_setup.h"
 
 namespace lpdetr::train {
 namespace {
@@ -169,17 +170,6 @@ StepInput ReadStepInput(const std::string& path, int64_t num_classes) {
   return s;
 }
 
-// The official frozen parameters: the backbone stem (conv1) and layer1. Batch
-// norms are frozen by construction (their tensors are buffers).
-void FreezeOfficialBackboneStages(torch::nn::Module& model) {
-  for (auto& item : model.named_parameters(/*recurse=*/true)) {
-    const std::string& name = item.key();
-    if (name == "backbone.conv1.weight" || name.rfind("backbone.layer1.", 0) == 0) {
-      item.value().set_requires_grad(false);
-    }
-  }
-}
-
 int Run(int argc, char** argv) {
   const auto flags =
       ParseFlags(argc, argv, {"model", "input", "output", "numerics", "threads", "seed"});
@@ -197,8 +187,7 @@ int Run(int argc, char** argv) {
   at::manual_seed(static_cast<uint64_t>(ParseInt(flags, "seed", 0)));
 
   LoadedModel loaded = LoadModelDir(model_dir);
-  loaded.model->train();
-  FreezeOfficialBackboneStages(*loaded.model);
+  PrepareForTraining(*loaded.model);
   StepInput in = ReadStepInput(input, loaded.config.num_classes);
 
   DetectorOutput out = loaded.model->forward(in.batch, &in.targets);
@@ -211,11 +200,9 @@ int Run(int argc, char** argv) {
   NamedTensors result;
   result.emplace_back("loss_total", loss.total.detach());
   for (const auto& [name, value] : loss.losses) result.emplace_back("loss." + name, value.detach());
-  for (const auto& item : loaded.model->named_parameters(/*recurse=*/true)) {
-    const at::Tensor& p = item.value();
-    if (!p.requires_grad()) continue;
-    at::Tensor g = p.grad();
-    result.emplace_back("grad." + item.key(), g.defined() ? g : at::zeros_like(p));
+  for (const NamedParameter& p : TrainableParameters(*loaded.model)) {
+    at::Tensor g = p.tensor.grad();
+    result.emplace_back("grad." + p.name, g.defined() ? g : at::zeros_like(p.tensor));
   }
   for (size_t i = 0; i < loss.final_matches.size(); ++i) {
     result.emplace_back("match_query_" + std::to_string(i), loss.final_matches[i].query);
