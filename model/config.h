@@ -18,7 +18,8 @@
 //   num_queries       int      two-stage queries (900)
 //   hybrid_num_proposals int   one-to-many queries used in training (1500)
 //   hybrid_assign     int      GT repeats of the hybrid branch (6)
-//   denoising_nums    int      contrastive denoising queries (100)
+//   denoising_nums    int      contrastive denoising budget (100): training runs
+//                              max(denoising_nums / max_gt, 1) groups, so 0 is one
 //   label_noise_prob  number   denoising label noise, in [0, 1] (0.5); each
 //                              label is swapped with probability half of it
 //   box_noise_scale   number   denoising box jitter scale, >= 0 (1.0); 0 makes

@@ -50,9 +50,13 @@ DenoisingGeneratorImpl::Result DenoisingGeneratorImpl::forward(
   at::Tensor gt_boxes = at::cat(boxes_list).repeat({repeats, 1});
 
   // Label noise: half the official label_noise_prob, uniformly random classes.
-  at::Tensor flip = at::rand(gt_labels.sizes(), gt_boxes.options()) < label_noise_prob_ * 0.5;
-  at::Tensor noised_labels =
-      at::where(flip, at::randint_like(gt_labels, 0, num_classes_), gt_labels);
+  // Without label noise no random number is drawn (so the box noise draws
+  // the same numbers as the official generator for the same seed).
+  at::Tensor noised_labels = gt_labels;
+  if (label_noise_prob_ > 0) {
+    at::Tensor flip = at::rand(gt_labels.sizes(), gt_boxes.options()) < label_noise_prob_ * 0.5;
+    noised_labels = at::where(flip, at::randint_like(gt_labels, 0, num_classes_), gt_labels);
+  }
 
   // Box noise: positives move by < half their size, negatives by 1x..2x.
   at::Tensor noised_boxes = gt_boxes;
@@ -237,7 +241,10 @@ DetectorOutput LpDetrImpl::forward(const ImageBatch& batch,
                                    const std::vector<TrainTarget>* targets) {
   MultiLevelInput in = Features(batch);
   DenoisingGenerator::ContainedType::Result dn;
-  const bool denoise = is_training() && targets != nullptr && config_.denoising_nums > 0;
+  // Training always runs the denoising queries, as the official model does:
+  // denoising_nums only sets the group count max(denoising_nums / max_gt, 1),
+  // so denoising_nums = 0 still gives one group.
+  const bool denoise = is_training() && targets != nullptr;
   if (denoise) {
     TORCH_CHECK(static_cast<int64_t>(targets->size()) == batch.images.size(0), "got ",
                 targets->size(), " targets for ", batch.images.size(0), " images");

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Converts the official parity fixtures (inference and training-step ones)
-# into model directories with the project's converter (the converter is part
-# of what the parity tests check). Fixture folders that are absent are skipped.
+# Converts every parity fixture (inference and training-step ones) into a model
+# directory with the project's converter (the converter is part of what the
+# parity tests check): each folder of LPDETR_FIXTURES_DIR that holds
+# checkpoint.pth and reference_config.json becomes LPDETR_TEST_MODELS/<folder>.
+# Folders without them (e.g. coco-eval) are not model fixtures and are skipped.
 # Usage: convert_fixtures.sh PYTHON   (env: LPDETR_FIXTURES_DIR, LPDETR_TEST_MODELS)
 set -euo pipefail
 python="${1:-/usr/bin/python3}"
@@ -13,14 +15,21 @@ if [ ! -d "$fixtures" ]; then
   exit 77
 fi
 mkdir -p "$out"
-for name in lp-detr-tiny relation-detr-tiny lp-detr-tiny-train relation-detr-tiny-train; do
-  if [ ! -f "$fixtures/$name/checkpoint.pth" ]; then
-    echo "fixture $name not found: skipped" >&2
+converted=0
+for dir in "$fixtures"/*/; do
+  dir="${dir%/}"
+  name="$(basename "$dir")"
+  if [ ! -f "$dir/checkpoint.pth" ] || [ ! -f "$dir/reference_config.json" ]; then
     continue
   fi
   "$python" "$src/tools/convert_checkpoint.py" \
-    --checkpoint "$fixtures/$name/checkpoint.pth" \
-    --reference-config "$fixtures/$name/reference_config.json" \
+    --checkpoint "$dir/checkpoint.pth" \
+    --reference-config "$dir/reference_config.json" \
     --output "$out/$name" --force
   echo "converted $name -> $out/$name"
+  converted=$((converted + 1))
 done
+if [ "$converted" -eq 0 ]; then
+  echo "no model fixture (checkpoint.pth + reference_config.json) in $fixtures: skipping" >&2
+  exit 77
+fi

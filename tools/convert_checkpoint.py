@@ -98,7 +98,7 @@ INT_KEYS = collections.OrderedDict([
     ("num_points", 1),
     ("num_queries", 1),
     ("hybrid_num_proposals", 0),
-    ("hybrid_assign", 0),
+    ("hybrid_assign", 1),
     ("denoising_nums", 0),
     ("num_classes", 1),
     ("num_select", 1),
