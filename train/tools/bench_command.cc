@@ -38,6 +38,7 @@
 #include "model/runtime.h"
 #include "train/criterion.h"
 #include "train/tools/commands.h"
+#include "train/tools/flags.h"
 #include "train/train_setup.h"
 
 namespace lpdetr::train {
@@ -61,52 +62,6 @@ Prints `median seconds per step: S`, peak RSS and a per-stage breakdown.
 
 constexpr int64_t kNumBoxes = 3;
 
-class UsageError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-// --name value / --name=value flags.
-std::map<std::string, std::string> ParseFlags(int argc, char** argv,
-                                              const std::set<std::string>& known) {
-  std::map<std::string, std::string> flags;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg.rfind("--", 0) != 0) throw UsageError("unexpected argument '" + arg + "'");
-    std::string name = arg.substr(2), value;
-    const size_t eq = name.find('=');
-    if (eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    } else {
-      if (i + 1 >= argc) throw UsageError("flag --" + name + " needs a value");
-      value = argv[++i];
-    }
-    if (!known.count(name)) throw UsageError("unknown flag --" + name);
-    flags[name] = value;
-  }
-  return flags;
-}
-
-int64_t ParseInt(const std::map<std::string, std::string>& flags, const std::string& name,
-                 int64_t fallback) {
-  auto it = flags.find(name);
-  if (it == flags.end()) return fallback;
-  try {
-    size_t pos = 0;
-    const int64_t v = std::stoll(it->second, &pos);
-    if (pos == it->second.size()) return v;
-  } catch (const std::exception&) {
-  }
-  throw UsageError("--" + name + " must be an integer, got '" + it->second + "'");
-}
-
-std::string Str(const std::map<std::string, std::string>& flags, const std::string& name,
-                const std::string& fallback) {
-  auto it = flags.find(name);
-  return it == flags.end() ? fallback : it->second;
-}
-
 struct BenchOptions {
   std::string config_path;
   int64_t height = 0, width = 0, iters = 0, warmup = 1;
@@ -116,26 +71,26 @@ struct BenchOptions {
 };
 
 BenchOptions ParseOptions(int argc, char** argv) {
-  const auto flags = ParseFlags(
+  const auto flags = CommandFlags(
       argc, argv,
       {"config", "height", "width", "iters", "precision", "threads", "warmup", "stages", "ops"});
   for (const char* required : {"config", "height", "width", "iters"}) {
-    if (!flags.count(required)) throw UsageError(std::string("missing required flag --") + required);
+    if (!flags.Has(required)) throw UsageError(std::string("missing required flag --") + required);
   }
-  const std::string precision = Str(flags, "precision", "fp32");
+  const std::string precision = flags.Str("precision", "fp32");
   if (precision != "fp32") {
     throw UsageError("--precision " + precision +
                      " is not supported by lpdetr-train bench yet (only fp32)");
   }
   BenchOptions o;
-  o.config_path = flags.at("config");
-  o.height = ParseInt(flags, "height", 0);
-  o.width = ParseInt(flags, "width", 0);
-  o.iters = ParseInt(flags, "iters", 0);
-  o.warmup = ParseInt(flags, "warmup", 1);
-  o.threads = static_cast<int>(ParseInt(flags, "threads", 0));
-  const int64_t stages = ParseInt(flags, "stages", 1);
-  o.ops = Str(flags, "ops", "");
+  o.config_path = flags.Required("config");
+  o.height = flags.Int("height", 0);
+  o.width = flags.Int("width", 0);
+  o.iters = flags.Int("iters", 0);
+  o.warmup = flags.Int("warmup", 1);
+  o.threads = static_cast<int>(flags.Int("threads", 0));
+  const int64_t stages = flags.Int("stages", 1);
+  o.ops = flags.Str("ops", "");
   if (o.height < 32 || o.width < 32) {
     throw UsageError("--height and --width must be >= 32, got " + std::to_string(o.height) +
                      " x " + std::to_string(o.width));

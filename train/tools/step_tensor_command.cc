@@ -35,6 +35,7 @@
 #include "model/safetensors.h"
 #include "train/criterion.h"
 #include "train/tools/commands.h"
+#include "train/tools/flags.h"
 #include "train/train_setup.h"
 
 namespace lpdetr::train {
@@ -52,52 +53,6 @@ every trainable parameter, match_query_i and match_target_i.
   --threads   intra-op threads with --numerics fast (default: all cores)
   --seed      seed of the denoising noise (default 0)
 )";
-
-class UsageError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-// --name value / --name=value flags.
-std::map<std::string, std::string> ParseFlags(int argc, char** argv,
-                                              const std::set<std::string>& known) {
-  std::map<std::string, std::string> flags;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg.rfind("--", 0) != 0) throw UsageError("unexpected argument '" + arg + "'");
-    std::string name = arg.substr(2), value;
-    const size_t eq = name.find('=');
-    if (eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    } else {
-      if (i + 1 >= argc) throw UsageError("flag --" + name + " needs a value");
-      value = argv[++i];
-    }
-    if (!known.count(name)) throw UsageError("unknown flag --" + name);
-    flags[name] = value;
-  }
-  return flags;
-}
-
-int64_t ParseInt(const std::map<std::string, std::string>& flags, const std::string& name,
-                 int64_t fallback) {
-  auto it = flags.find(name);
-  if (it == flags.end()) return fallback;
-  try {
-    size_t pos = 0;
-    const int64_t v = std::stoll(it->second, &pos);
-    if (pos == it->second.size()) return v;
-  } catch (const std::exception&) {
-  }
-  throw UsageError("--" + name + " must be an integer, got '" + it->second + "'");
-}
-
-std::string Required(const std::map<std::string, std::string>& flags, const std::string& name) {
-  auto it = flags.find(name);
-  if (it == flags.end()) throw UsageError("missing required flag --" + name);
-  return it->second;
-}
 
 std::string Shape(const at::Tensor& t) {
   std::string s = "[";
@@ -172,19 +127,18 @@ StepInput ReadStepInput(const std::string& path, int64_t num_classes) {
 
 int Run(int argc, char** argv) {
   const auto flags =
-      ParseFlags(argc, argv, {"model", "input", "output", "numerics", "threads", "seed"});
-  auto numerics_flag = flags.find("numerics");
-  if (numerics_flag != flags.end() && numerics_flag->second != "reference" &&
-      numerics_flag->second != "fast") {
-    throw UsageError("--numerics must be reference or fast, got '" + numerics_flag->second +
+      CommandFlags(argc, argv, {"model", "input", "output", "numerics", "threads", "seed"});
+  const std::string numerics_flag = flags.Str("numerics", "reference");
+  if (numerics_flag != "reference" && numerics_flag != "fast") {
+    throw UsageError("--numerics must be reference or fast, got '" + numerics_flag +
                      "'");
   }
   const Numerics numerics = StepTensorNumerics(argc, argv);
-  ApplyNumerics(numerics, static_cast<int>(ParseInt(flags, "threads", 0)));
-  const std::string model_dir = Required(flags, "model");
-  const std::string input = Required(flags, "input");
-  const std::string output = Required(flags, "output");
-  at::manual_seed(static_cast<uint64_t>(ParseInt(flags, "seed", 0)));
+  ApplyNumerics(numerics, static_cast<int>(flags.Int("threads", 0)));
+  const std::string model_dir = flags.Required("model");
+  const std::string input = flags.Required("input");
+  const std::string output = flags.Required("output");
+  at::manual_seed(static_cast<uint64_t>(flags.Int("seed", 0)));
 
   LoadedModel loaded = LoadModelDir(model_dir);
   PrepareForTraining(*loaded.model);

@@ -1,0 +1,69 @@
+// Command-line flags of the lpdetr-train subcommands: `--name value` or
+// `--name=value` after the subcommand name, each from a known set. Errors
+// throw UsageError (the subcommand prints it with its usage and exits 2).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <string>
+
+namespace lpdetr::train {
+
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class CommandFlags {
+ public:
+  // argv[0] is the subcommand; every later argument must be a known flag.
+  CommandFlags(int argc, char** argv, const std::set<std::string>& known) {
+    for (int i = 1; i < argc; ++i) {
+      std::string arg = argv[i];
+      if (arg.rfind("--", 0) != 0) throw UsageError("unexpected argument '" + arg + "'");
+      std::string name = arg.substr(2), value;
+      const size_t eq = name.find('=');
+      if (eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+      } else {
+        if (i + 1 >= argc) throw UsageError("flag --" + name + " needs a value");
+        value = argv[++i];
+      }
+      if (!known.count(name)) throw UsageError("unknown flag --" + name);
+      values_[name] = value;
+    }
+  }
+
+  bool Has(const std::string& name) const { return values_.count(name) > 0; }
+
+  std::string Str(const std::string& name, const std::string& fallback) const {
+    auto it = values_.find(name);
+    return it == values_.end() ? fallback : it->second;
+  }
+
+  std::string Required(const std::string& name) const {
+    auto it = values_.find(name);
+    if (it == values_.end()) throw UsageError("missing required flag --" + name);
+    return it->second;
+  }
+
+  int64_t Int(const std::string& name, int64_t fallback) const {
+    auto it = values_.find(name);
+    if (it == values_.end()) return fallback;
+    try {
+      size_t pos = 0;
+      const int64_t v = std::stoll(it->second, &pos);
+      if (pos == it->second.size()) return v;
+    } catch (const std::exception&) {
+    }
+    throw UsageError("--" + name + " must be an integer, got '" + it->second + "'");
+  }
+
+ private:
+  std::map<std::string, std::string> values_;
+};
+
+}  // namespace lpdetr::train
