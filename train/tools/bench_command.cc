@@ -306,25 +306,7 @@ int Run(int argc, char** argv) {
 }  // namespace
 
 int RunBenchCommand(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-  }
-  try {
-    return Run(argc, argv);
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "lpdetr-train bench: %s\n\n%s", e.what(), kUsage);
-    return 2;
-  } catch (const c10::Error& e) {
-    std::fprintf(stderr, "lpdetr-train bench: error: %s\n", e.what_without_backtrace());
-    return 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "lpdetr-train bench: error: %s\n", e.what());
-    return 1;
-  }
+  return RunSubcommand("bench", kUsage, argc, argv, Run);
 }
 
 }  // namespace lpdetr::train

@@ -4,10 +4,14 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <exception>
 #include <map>
 #include <set>
 #include <stdexcept>
 #include <string>
+
+#include <c10/util/Exception.h>
 
 namespace lpdetr::train {
 
@@ -65,5 +69,32 @@ class CommandFlags {
  private:
   std::map<std::string, std::string> values_;
 };
+
+// Runs one subcommand: `--help` / `-h` anywhere prints `usage` (exit 0);
+// otherwise `run(argc, argv)`, with a UsageError printed beside the usage
+// (exit 2) and any other error printed as "lpdetr-train NAME: error: ..."
+// (exit 1).
+template <typename RunFn>
+int RunSubcommand(const char* name, const char* usage, int argc, char** argv, RunFn run) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(usage, stdout);
+      return 0;
+    }
+  }
+  try {
+    return run(argc, argv);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "lpdetr-train %s: %s\n\n%s", name, e.what(), usage);
+    return 2;
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "lpdetr-train %s: error: %s\n", name, e.what_without_backtrace());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lpdetr-train %s: error: %s\n", name, e.what());
+    return 1;
+  }
+}
 
 }  // namespace lpdetr::train

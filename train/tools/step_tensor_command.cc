@@ -202,25 +202,7 @@ Numerics StepTensorNumerics(int argc, char** argv) {
 }
 
 int RunStepTensorCommand(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-  }
-  try {
-    return Run(argc, argv);
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "lpdetr-train step-tensor: %s\n\n%s", e.what(), kUsage);
-    return 2;
-  } catch (const c10::Error& e) {
-    std::fprintf(stderr, "lpdetr-train step-tensor: error: %s\n", e.what_without_backtrace());
-    return 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "lpdetr-train step-tensor: error: %s\n", e.what());
-    return 1;
-  }
+  return RunSubcommand("step-tensor", kUsage, argc, argv, Run);
 }
 
 }  // namespace lpdetr::train
