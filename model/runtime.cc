@@ -6,7 +6,9 @@
 #include <malloc.h>
 #endif
 
+#include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -153,6 +155,38 @@ ScopedStage::~ScopedStage() {
   const double process_cpu = CpuSeconds(CLOCK_PROCESS_CPUTIME_ID) - process_cpu_start_;
   if (!t_stage_stack.empty()) t_stage_stack.pop_back();
   timer_->Add(path_, depth_, dt, cpu, process_cpu);
+}
+
+Numerics NumericsFromArgs(int argc, char** argv, int first, Numerics fallback) {
+  Numerics n = fallback;
+  for (int i = first; i < argc; ++i) {
+    const std::string arg = argv[i];
+    std::string value;
+    if (arg == "--numerics" && i + 1 < argc) {
+      value = argv[i + 1];
+    } else if (arg.rfind("--numerics=", 0) == 0) {
+      value = arg.substr(11);
+    } else {
+      continue;
+    }
+    if (value == "fast") n = Numerics::kFast;
+    if (value == "reference") n = Numerics::kReference;
+  }
+  return n;
+}
+
+void PrintStageTable(const StageTimer& timer, double per, const char* unit, double total_per) {
+  std::printf("stages (mean per %s, nested stages indented):  wall s  thread-CPU s  "
+              "process-CPU s  busy\n", unit);
+  const double threads = std::max(1, at::get_num_threads());
+  double top = 0;
+  for (const auto& e : timer.entries()) {
+    if (e.depth == 0) top += e.seconds;
+    std::printf("  %*s%-*s %8.3f %8.3f %14.3f %5.0f%%\n", 2 * e.depth, "", 40 - 2 * e.depth,
+                e.name.c_str(), e.seconds / per, e.cpu_seconds / per, e.process_cpu_seconds / per,
+                e.seconds > 0 ? 100.0 * e.process_cpu_seconds / (e.seconds * threads) : 0.0);
+  }
+  std::printf("  %-40s %8.3f\n", "(other)", total_per - top / per);
 }
 
 }  // namespace lpdetr

@@ -32,6 +32,12 @@ enum class Numerics { kFast, kReference };
 // thing in main(); returns when no re-exec is needed (or it failed).
 void ConfigureProcess(char** argv, Numerics numerics);
 
+// The numerics a command line asks for (`--numerics fast|reference` or
+// `--numerics=...` among argv[first..argc)), `fallback` when absent. Read
+// before any library work, for ConfigureProcess; a bad value is left to the
+// command's own flag parsing to report.
+Numerics NumericsFromArgs(int argc, char** argv, int first, Numerics fallback);
+
 // Tunes glibc malloc to keep freed memory for reuse: blocks up to 32 MiB come
 // from the heap instead of a fresh mmap each, and the heap top is given back
 // only above 1 GiB free. Steady-state inference then runs without page faults
@@ -89,6 +95,13 @@ class StageTimer {
  private:
   std::vector<Entry> entries_;
 };
+
+// Prints `timer`'s stages as a table on stdout, each figure divided by `per`
+// (images or steps, named by `unit`): wall clock, the calling thread's CPU
+// time, the whole process's CPU time and busy = process CPU / (wall x
+// intra-op threads). Nested stages are indented and included in their
+// parent; "(other)" is `total_per` minus the top-level stages.
+void PrintStageTable(const StageTimer& timer, double per, const char* unit, double total_per);
 
 // Installs `timer` for the calling thread (nullptr = off); returns the previous one.
 StageTimer* SetStageTimer(StageTimer* timer);

@@ -149,26 +149,6 @@ void Setup(const Flags& flags) {
   ApplyNumerics(g_numerics, static_cast<int>(flags.Int("threads", 0)));
 }
 
-// Numerics mode from argv (before any library work): --numerics fast|reference,
-// default reference for run-tensor and fast otherwise.
-Numerics NumericsFromArgs(int argc, char** argv) {
-  Numerics n = (argc > 1 && std::string(argv[1]) == "run-tensor") ? Numerics::kReference
-                                                                    : Numerics::kFast;
-  for (int i = 2; i < argc; ++i) {
-    std::string arg = argv[i], value;
-    if (arg == "--numerics" && i + 1 < argc) {
-      value = argv[i + 1];
-    } else if (arg.rfind("--numerics=", 0) == 0) {
-      value = arg.substr(11);
-    } else {
-      continue;
-    }
-    if (value == "fast") n = Numerics::kFast;
-    if (value == "reference") n = Numerics::kReference;
-  }
-  return n;
-}
-
 double PeakRssMiB() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
@@ -347,19 +327,7 @@ int Bench(int argc, char** argv) {
     // intra-op threads), how well the stage keeps the cores working.
     // Nested stages are indented and included in their parent; "(other)" is
     // what no stage covers.
-    const double per = static_cast<double>(iters * batch_size);
-    double top = 0;
-    std::printf("stages (mean per image, nested stages indented):  wall s  thread-CPU s  "
-                "process-CPU s  busy\n");
-    const double threads = std::max(1, at::get_num_threads());
-    for (const auto& e : timer.entries()) {
-      if (e.depth == 0) top += e.seconds;
-      std::printf("  %*s%-*s %8.3f %8.3f %14.3f %5.0f%%\n", 2 * e.depth, "", 40 - 2 * e.depth,
-                  e.name.c_str(), e.seconds / per, e.cpu_seconds / per,
-                  e.process_cpu_seconds / per,
-                  e.seconds > 0 ? 100.0 * e.process_cpu_seconds / (e.seconds * threads) : 0.0);
-    }
-    std::printf("  %-40s %8.3f\n", "(other)", total - top / per);
+    PrintStageTable(timer, static_cast<double>(iters * batch_size), "image", total);
   }
   return 0;
 }
@@ -454,7 +422,11 @@ int Info(int argc, char** argv) {
 }  // namespace lpdetr
 
 int main(int argc, char** argv) {
-  lpdetr::g_numerics = lpdetr::NumericsFromArgs(argc, argv);
+  // run-tensor defaults to the parity fixtures' numerics, the rest to fast.
+  lpdetr::g_numerics = lpdetr::NumericsFromArgs(
+      argc, argv, 2,
+      argc > 1 && std::string(argv[1]) == "run-tensor" ? lpdetr::Numerics::kReference
+                                                       : lpdetr::Numerics::kFast);
   lpdetr::ConfigureProcess(argv, lpdetr::g_numerics);
   lpdetr::RetainFreedMemory();
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {

@@ -225,25 +225,6 @@ void PrintGroups(const std::vector<ParameterGroup>& groups, double lr) {
   std::printf("\n");
 }
 
-void PrintStages(const StageTimer& timer, double steps, double total_per_step) {
-  // Mean seconds per step of each stage: wall clock, the main thread's CPU
-  // time, the whole process's CPU time and busy = process CPU / (wall x
-  // intra-op threads). Nested stages are indented and included in their
-  // parent; "(other)" is what no stage covers.
-  std::printf("stages (mean per step, nested stages indented):  wall s  thread-CPU s  "
-              "process-CPU s  busy\n");
-  const double threads = std::max(1, at::get_num_threads());
-  double top = 0;
-  for (const auto& e : timer.entries()) {
-    if (e.depth == 0) top += e.seconds;
-    std::printf("  %*s%-*s %8.3f %8.3f %14.3f %5.0f%%\n", 2 * e.depth, "", 40 - 2 * e.depth,
-                e.name.c_str(), e.seconds / steps, e.cpu_seconds / steps,
-                e.process_cpu_seconds / steps,
-                e.seconds > 0 ? 100.0 * e.process_cpu_seconds / (e.seconds * threads) : 0.0);
-  }
-  std::printf("  %-40s %8.3f\n", "(other)", total_per_step - top / steps);
-}
-
 int Run(int argc, char** argv) {
   const BenchOptions o = ParseOptions(argc, argv);
   ApplyNumerics(Numerics::kFast, o.threads);
@@ -299,7 +280,7 @@ int Run(int argc, char** argv) {
   std::printf("min seconds per step: %.3f\n", *std::min_element(seconds.begin(), seconds.end()));
   std::printf("median process CPU seconds per step: %.3f\n", Median(cpu_seconds));
   std::printf("peak RSS MiB: %.1f\n", PeakRssMiB());
-  if (o.stages) PrintStages(timer, static_cast<double>(o.iters), mean);
+  if (o.stages) PrintStageTable(timer, static_cast<double>(o.iters), "step", mean);
   return 0;
 }
 

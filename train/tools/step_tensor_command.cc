@@ -184,21 +184,7 @@ int Run(int argc, char** argv) {
 }  // namespace
 
 Numerics StepTensorNumerics(int argc, char** argv) {
-  Numerics n = Numerics::kReference;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    std::string value;
-    if (arg == "--numerics" && i + 1 < argc) {
-      value = argv[i + 1];
-    } else if (arg.rfind("--numerics=", 0) == 0) {
-      value = arg.substr(11);
-    } else {
-      continue;
-    }
-    if (value == "fast") n = Numerics::kFast;
-    if (value == "reference") n = Numerics::kReference;
-  }
-  return n;  // a bad value is reported by the command itself
+  return NumericsFromArgs(argc, argv, 1, Numerics::kReference);
 }
 
 int RunStepTensorCommand(int argc, char** argv) {
