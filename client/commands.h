@@ -40,6 +40,10 @@ struct ClientOptions {
   bool quiet = false;
 };
 
+// The category map of the model `options.model` names ("" = the active one)
+// from ModelService.GetModel. Throws std::runtime_error when the call fails.
+CategoryMap FetchCategoryMap(const ClientOptions& options);
+
 int RunDetect(const ClientOptions& options, const std::vector<std::string>& paths);
 int RunStream(const ClientOptions& options, const std::string& source);
 int RunHealth(const ClientOptions& options);

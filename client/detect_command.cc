@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,6 +42,10 @@ int RunDetect(const ClientOptions& options, const std::vector<std::string>& path
       draw_paths[i] = DrawOutputPath(options.draw, files[i], &used);
     }
   }
+
+  // COCO results carry the model's dataset category ids: learn them first.
+  const bool write_coco = !options.json.empty();
+  const CategoryMap categories = write_coco ? FetchCategoryMap(options) : CategoryMap();
 
   auto channel = MakeChannel(options.connection);
   auto stub = lpdetr::v1::DetectionService::NewStub(channel);
@@ -82,6 +87,11 @@ int RunDetect(const ClientOptions& options, const std::vector<std::string>& path
         for (size_t i : sent) outcomes[i].error = error;
         continue;
       }
+      if (const std::string mismatch = write_coco ? categories.MismatchWith(response) : "";
+          !mismatch.empty()) {
+        for (size_t i : sent) outcomes[i].error = mismatch;
+        continue;
+      }
       for (size_t k = 0; k < sent.size(); ++k) {
         ImageOutcome& out = outcomes[sent[k]];
         out.ok = true;
@@ -113,15 +123,19 @@ int RunDetect(const ClientOptions& options, const std::vector<std::string>& path
   nlohmann::json coco = nlohmann::json::array();
   int failures = 0;
   for (size_t i = 0; i < files.size(); ++i) {
-    const ImageOutcome& out = outcomes[i];
+    ImageOutcome& out = outcomes[i];
     if (out.ok) {
       if (!options.quiet) PrintDetections(text, files[i], out.detections);
       if (!out.drawn_path.empty() && !options.quiet) {
         std::fprintf(text, "  drawn: %s\n", out.drawn_path.c_str());
       }
-      AppendCocoResults(CocoImageId(files[i], static_cast<int64_t>(i) + 1),
-                        std::filesystem::path(files[i]).filename().string(), out.detections,
-                        &coco);
+      try {
+        AppendCocoResults(CocoImageId(files[i], static_cast<int64_t>(i) + 1),
+                          std::filesystem::path(files[i]).filename().string(), out.detections,
+                          categories, &coco);
+      } catch (const std::out_of_range& e) {
+        out.error = e.what();
+      }
     }
     if (!out.error.empty()) {
       ++failures;

@@ -104,13 +104,32 @@ int64_t CocoImageId(const std::string& path, int64_t fallback) {
   return fallback;
 }
 
+int64_t CategoryMap::CategoryId(int label_id) const {
+  if (ids.empty()) return label_id;
+  if (label_id < 0 || static_cast<size_t>(label_id) >= ids.size()) {
+    throw std::out_of_range("label id " + std::to_string(label_id) +
+                            " is outside the category map of model '" + model + "' (" +
+                            std::to_string(ids.size()) + " ids)");
+  }
+  return ids[static_cast<size_t>(label_id)];
+}
+
+std::string CategoryMap::MismatchWith(const lpdetr::v1::DetectResponse& response) const {
+  if (response.model().empty()) return "";
+  if (response.model() == model && response.model_version() == version) return "";
+  return "results come from model '" + response.model() + "' version '" +
+         response.model_version() + "', but the category ids were read from model '" + model +
+         "' version '" + version + "' (the served model changed during the run)";
+}
+
 void AppendCocoResults(int64_t image_id, const std::string& file_name,
-                       const lpdetr::v1::ImageDetections& image, nlohmann::json* results) {
+                       const lpdetr::v1::ImageDetections& image,
+                       const CategoryMap& categories, nlohmann::json* results) {
   for (const auto& d : image.detections()) {
     const auto& b = d.box();
     nlohmann::json entry = {
         {"image_id", image_id},
-        {"category_id", d.label_id()},
+        {"category_id", categories.CategoryId(d.label_id())},
         {"bbox", {b.x_min(), b.y_min(), b.x_max() - b.x_min(), b.y_max() - b.y_min()}},
         {"score", d.score()}};
     if (!file_name.empty()) entry["file_name"] = file_name;

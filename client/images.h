@@ -3,6 +3,7 @@
 // text listing and drawing boxes and labels on an image.
 #pragma once
 
+#include <cstdint>
 #include <cstdio>
 #include <optional>
 #include <set>
@@ -41,10 +42,30 @@ std::vector<std::string> ExpandImagePaths(const std::vector<std::string>& paths)
 // "000000000139.jpg" -> 139), else `fallback`.
 int64_t CocoImageId(const std::string& path, int64_t fallback);
 
+// What COCO results call a detection's category: the served model's dataset
+// category id of each label id (ModelInfo.category_ids), learnt once from
+// ModelService before detecting. Read-only once filled.
+struct CategoryMap {
+  // The ModelInfo it came from, to check that responses are of that model.
+  std::string model;
+  std::string version;
+  // category id of label id i; empty = the model has no map, ids = label ids.
+  std::vector<int64_t> ids;
+
+  // Throws std::out_of_range naming the label when it is outside a
+  // non-empty map.
+  int64_t CategoryId(int label_id) const;
+  // "" when `response` comes from the model the map is of, else what differs
+  // (a response without a model name is not checked).
+  std::string MismatchWith(const lpdetr::v1::DetectResponse& response) const;
+};
+
 // Appends COCO results entries {image_id, category_id, bbox [x,y,w,h], score}
-// (plus "file_name" when not empty) for every detection of `image`.
+// (plus "file_name" when not empty) for every detection of `image`;
+// category_id is categories.CategoryId(label_id).
 void AppendCocoResults(int64_t image_id, const std::string& file_name,
-                       const lpdetr::v1::ImageDetections& image, nlohmann::json* results);
+                       const lpdetr::v1::ImageDetections& image,
+                       const CategoryMap& categories, nlohmann::json* results);
 
 // Writes `json` to `path` ("-" = stdout); throws on I/O errors.
 void WriteJson(const nlohmann::json& json, const std::string& path);

@@ -1,6 +1,7 @@
 // `lpdetr-client health` (grpc.health.v1 Check / Watch) and
 // `lpdetr-client models` (ModelService.ListModels / GetModel).
 #include <cstdio>
+#include <stdexcept>
 #include <string>
 
 #include <google/protobuf/util/json_util.h>
@@ -47,6 +48,30 @@ int RunHealth(const ClientOptions& options) {
   return response.status() == HealthCheckResponse::SERVING ? 0 : 1;
 }
 
+CategoryMap FetchCategoryMap(const ClientOptions& options) {
+  auto stub = lpdetr::v1::ModelService::NewStub(MakeChannel(options.connection));
+  grpc::ClientContext context;
+  ApplyDeadline(options.connection, &context);
+  lpdetr::v1::GetModelRequest request;
+  request.set_name(options.model);
+  lpdetr::v1::ModelInfo info;
+  const grpc::Status status = stub->GetModel(&context, request, &info);
+  if (!status.ok()) {
+    throw std::runtime_error("cannot read the model's category ids (ModelService.GetModel): " +
+                             DescribeStatus(status));
+  }
+  CategoryMap map;
+  map.model = info.name();
+  map.version = info.version();
+  map.ids.assign(info.category_ids().begin(), info.category_ids().end());
+  if (!map.ids.empty() && map.ids.size() != static_cast<size_t>(info.num_classes())) {
+    throw std::runtime_error("model '" + info.name() + "' reports " +
+                             std::to_string(map.ids.size()) + " category ids for " +
+                             std::to_string(info.num_classes()) + " classes");
+  }
+  return map;
+}
+
 namespace {
 
 void PrintModel(const lpdetr::v1::ModelInfo& m) {
@@ -63,6 +88,14 @@ void PrintModel(const lpdetr::v1::ModelInfo& m) {
   }
   if (m.classes_size() > 12) classes += ", ...";
   std::printf("  classes (%d): %s\n", m.num_classes(), classes.c_str());
+  if (m.category_ids_size() > 0) {
+    std::string ids;
+    for (int i = 0; i < m.category_ids_size() && i < 12; ++i) {
+      ids += (i ? ", " : "") + std::to_string(m.category_ids(i));
+    }
+    if (m.category_ids_size() > 12) ids += ", ...";
+    std::printf("  category ids: %s\n", ids.c_str());
+  }
   for (int l = 0; l < m.scale_alpha_size(); ++l) {
     const auto& a = m.scale_alpha(l);
     std::printf("  alpha layer %d: local %.3f  medium %.3f  global %.3f\n", l, a.local(),
@@ -99,7 +132,17 @@ int RunModels(const ClientOptions& options) {
       std::fprintf(stderr, "cannot convert the model list to JSON\n");
       return 1;
     }
-    WriteJson(nlohmann::json::parse(json), options.json);
+    nlohmann::json parsed = nlohmann::json::parse(json);
+    // The proto JSON mapping writes int64 as strings; category ids are
+    // written as the numbers COCO files use (protobuf parsers accept both).
+    if (!parsed.contains("models")) parsed["models"] = nlohmann::json::array();
+    for (nlohmann::json& m : parsed["models"]) {
+      if (!m.contains("category_ids")) continue;
+      for (nlohmann::json& id : m["category_ids"]) {
+        if (id.is_string()) id = std::stoll(id.get<std::string>());
+      }
+    }
+    WriteJson(parsed, options.json);
     return 0;
   }
   for (const auto& m : models.models()) PrintModel(m);

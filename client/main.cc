@@ -30,7 +30,9 @@ ABSL_FLAG(int, concurrency, 1, "detect/bench: requests in flight at once.");
 ABSL_FLAG(int, images_per_request, 1, "detect/bench: images sent in one Detect request.");
 ABSL_FLAG(std::string, json, "",
           "detect/stream: COCO results JSON ({image_id, category_id, bbox [x,y,w,h], "
-          "score}); models: model info JSON. Path, or - for stdout.");
+          "score}; category_id = the model's dataset category id when it carries a "
+          "category map, else the label id); models: model info JSON. Path, or - for "
+          "stdout.");
 ABSL_FLAG(std::string, draw, "", "detect/stream: write images with boxes drawn to this folder.");
 ABSL_FLAG(int, max_frames, 0, "stream: stop after this many frames; 0 = all.");
 ABSL_FLAG(bool, stop_on_error, false, "stream: end the stream on the first failed frame.");

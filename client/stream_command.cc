@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -116,6 +117,9 @@ int RunStream(const ClientOptions& options, const std::string& source) {
   const bool draw = !options.draw.empty();
   if (draw) std::filesystem::create_directories(options.draw);
   FrameSource frames(source, draw, options.jpeg_quality);
+  // COCO results carry the model's dataset category ids: learn them first.
+  const bool write_coco = !options.json.empty();
+  const CategoryMap categories = write_coco ? FetchCategoryMap(options) : CategoryMap();
 
   auto channel = MakeChannel(options.connection);
   auto stub = lpdetr::v1::DetectionService::NewStub(channel);
@@ -195,9 +199,20 @@ int RunStream(const ClientOptions& options, const std::string& source) {
                    response.results_size());
       continue;
     }
+    if (const std::string mismatch = write_coco ? categories.MismatchWith(response) : "";
+        !mismatch.empty()) {
+      ++failed_frames;
+      std::fprintf(stderr, "%s: error: %s\n", frame.id.c_str(), mismatch.c_str());
+      continue;
+    }
     const auto& result = response.results(0);
     if (!options.quiet) PrintDetections(text, frame.id, result);
-    AppendCocoResults(static_cast<int64_t>(index), frame.id, result, &coco);
+    try {
+      AppendCocoResults(static_cast<int64_t>(index), frame.id, result, categories, &coco);
+    } catch (const std::out_of_range& e) {
+      ++failed_frames;
+      std::fprintf(stderr, "%s: error: %s\n", frame.id.c_str(), e.what());
+    }
     if (draw) {
       cv::Mat bgr = frame.path.empty() ? frame.pixels : cv::imread(frame.path, cv::IMREAD_COLOR);
       if (!bgr.empty()) {

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -21,7 +22,7 @@ const std::set<std::string>& KnownKeys() {
       "hybrid_num_proposals", "hybrid_assign", "denoising_nums", "label_noise_prob",
       "box_noise_scale", "num_classes",
       "num_select",     "min_size",    "max_size",           "relation",
-      "classes"};
+      "classes",        "category_ids"};
   return keys;
 }
 
@@ -57,6 +58,23 @@ std::string GetString(const json& j, const char* key, const std::string& fallbac
 
 void Require(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument("config: " + message);
+}
+
+// category_ids: empty, or num_classes distinct non-negative ids.
+void ValidateCategoryIds(const std::vector<int64_t>& category_ids, int num_classes) {
+  if (category_ids.empty()) return;
+  Require(static_cast<int>(category_ids.size()) == num_classes,
+          "'category_ids' has " + std::to_string(category_ids.size()) +
+              " ids but num_classes is " + std::to_string(num_classes));
+  std::map<int64_t, size_t> first_index;
+  for (size_t i = 0; i < category_ids.size(); ++i) {
+    Require(category_ids[i] >= 0, "'category_ids' entry " + std::to_string(i) +
+                                      " is negative (" + std::to_string(category_ids[i]) + ")");
+    const auto [it, inserted] = first_index.emplace(category_ids[i], i);
+    Require(inserted, "'category_ids' entries " + std::to_string(it->second) + " and " +
+                          std::to_string(i) + " are both " + std::to_string(category_ids[i]) +
+                          " (ids must be distinct)");
+  }
 }
 
 }  // namespace
@@ -127,6 +145,15 @@ ModelConfig ModelConfig::FromJson(const json& j) {
       c.classes.push_back(v.get<std::string>());
     }
   }
+  if (j.contains("category_ids")) {
+    const json& ids = j.at("category_ids");
+    Require(ids.is_array(), "'category_ids' must be an array of integers");
+    for (size_t i = 0; i < ids.size(); ++i) {
+      Require(ids[i].is_number_integer(), "'category_ids' must be an array of integers, entry " +
+                                              std::to_string(i) + " is " + ids[i].dump());
+      c.category_ids.push_back(ids[i].get<int64_t>());
+    }
+  }
   c.Validate();
   return c;
 }
@@ -173,6 +200,7 @@ json ModelConfig::ToJson() const {
   j["relation"] = {{"variant", RelationVariantName(relation_variant)},
                    {"heads", relation_heads}};
   if (!classes.empty()) j["classes"] = classes;
+  if (!category_ids.empty()) j["category_ids"] = category_ids;
   return j;
 }
 
@@ -221,11 +249,21 @@ void ModelConfig::Validate() const {
   Require(classes.empty() || static_cast<int>(classes.size()) == num_classes,
           "'classes' has " + std::to_string(classes.size()) + " names but num_classes is " +
               std::to_string(num_classes));
+  ValidateCategoryIds(category_ids, num_classes);
 }
 
 std::string ModelConfig::ClassName(int label) const {
   if (label >= 0 && label < static_cast<int>(classes.size())) return classes[label];
   return "class_" + std::to_string(label);
+}
+
+int64_t ModelConfig::CategoryId(int label) const {
+  if (category_ids.empty()) return label;
+  if (label < 0 || label >= static_cast<int>(category_ids.size())) {
+    throw std::out_of_range("label " + std::to_string(label) + " is outside 0.." +
+                            std::to_string(category_ids.size() - 1));
+  }
+  return category_ids[label];
 }
 
 }  // namespace lpdetr

@@ -30,8 +30,14 @@
 //   relation          object   {"variant": "lp-detr" | "relation-detr",
 //                               "heads": K in 0..H (default H)}
 //   classes           [string] class names, index = label id (optional)
+//   category_ids      [int]    dataset category id of each label, index = label
+//                              id (optional; num_classes distinct ids >= 0). A
+//                              model trained on a COCO dataset with sparse ids
+//                              has labels 0..C-1 = its ids sorted ascending;
+//                              results go back to users in these ids.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -68,6 +74,8 @@ struct ModelConfig {
   RelationVariant relation_variant = RelationVariant::kLpDetr;
   int relation_heads = 8;
   std::vector<std::string> classes;
+  // Empty: the dataset ids are the label ids themselves.
+  std::vector<int64_t> category_ids;
 
   // Parses and validates; throws std::invalid_argument naming the bad key.
   static ModelConfig FromJson(const nlohmann::json& j);
@@ -78,6 +86,9 @@ struct ModelConfig {
 
   // Class name of a label id ("class_<id>" when no names are configured).
   std::string ClassName(int label) const;
+  // Dataset category id of a label id (the label itself when the model has no
+  // category map).
+  int64_t CategoryId(int label) const;
 };
 
 }  // namespace lpdetr

@@ -44,6 +44,27 @@ std::vector<std::string> ReadLabels(const fs::path& path) {
   return labels;
 }
 
+// Writes `text` to path.tmp, then renames it over `path`.
+void WriteFileAtomically(const fs::path& path, const std::string& text) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    out << text;
+    if (!out) throw ModelLoadError("cannot write " + tmp.string());
+  }
+  fs::rename(tmp, path);
+}
+
+// labels.txt can hold the names: there are some, and each is one non-empty
+// line (ReadLabels drops trailing empty lines).
+bool LabelsFitOneLineEach(const std::vector<std::string>& names) {
+  if (names.empty()) return false;
+  for (const std::string& name : names) {
+    if (name.empty() || name.find_first_of("\r\n") != std::string::npos) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 void LoadStateDict(torch::nn::Module& module, const NamedTensors& weights,
@@ -144,14 +165,18 @@ void SaveModelDir(const std::string& dir, const ModelConfig& config,
   meta.emplace("format", "lpdetr");
   meta.emplace("variant", RelationVariantName(config.relation_variant));
   WriteSafetensors((root / "weights.safetensors").string(), tensors, meta);
-  nlohmann::json j = config.ToJson();
-  const fs::path tmp = root / "config.json.tmp";
-  {
-    std::ofstream out(tmp);
-    out << j.dump(2) << "\n";
-    if (!out) throw ModelLoadError("cannot write " + tmp.string());
+  // config.json carries everything, the category map included; labels.txt
+  // repeats the class names (it overrides them on load, so a stale one from an
+  // earlier model is removed).
+  WriteFileAtomically(root / "config.json", config.ToJson().dump(2) + "\n");
+  const fs::path labels_path = root / "labels.txt";
+  if (LabelsFitOneLineEach(config.classes)) {
+    std::string text;
+    for (const std::string& name : config.classes) text += name + "\n";
+    WriteFileAtomically(labels_path, text);
+  } else {
+    fs::remove(labels_path);
   }
-  fs::rename(tmp, root / "config.json");
 }
 
 }  // namespace lpdetr

@@ -48,6 +48,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const std::stri
   d.device = device;
   d.dir = model_dir;
   for (int i = 0; i < c.num_classes; ++i) d.classes.push_back(c.ClassName(i));
+  d.category_ids = c.category_ids;
   d.num_classes = c.num_classes;
   d.min_size = c.min_size;
   d.max_size = c.max_size;

@@ -23,6 +23,9 @@ namespace lpdetr::server {
 struct ModelDescription {
   std::string name, version, variant, backbone, device, dir;
   std::vector<std::string> classes;  // index = label id; always num_classes long
+  // Dataset category id of each label id (config.json `category_ids`); empty
+  // when the model carries no map (the label ids are the category ids).
+  std::vector<int64_t> category_ids;
   int num_classes = 0, min_size = 0, max_size = 0, num_queries = 0, num_select = 0;
   int decoder_layers = 0, relation_heads = 0;
   std::vector<std::array<float, 3>> scale_alpha;  // per decoder layer (lp-detr)

@@ -19,6 +19,7 @@ void ModelServiceImpl::Fill(lpdetr::v1::ModelInfo* info) const {
   info->set_version(m.version);
   info->set_variant(m.variant);
   for (const std::string& c : m.classes) info->add_classes(c);
+  for (const int64_t id : m.category_ids) info->add_category_ids(id);
   info->set_num_classes(m.num_classes);
   info->set_min_size(m.min_size);
   info->set_max_size(m.max_size);

@@ -1,8 +1,11 @@
 #include "model/config.h"
+#include "model/detector.h"
 #include "model/layers.h"
+#include "model/model_dir.h"
 #include "tests/test_paths.h"
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -105,6 +108,106 @@ TEST(ConfigTest, TrainingKeysParseRoundTripAndDefaultToTheOfficialValues) {
   EXPECT_NE(ErrorOf({{"label_noise_prob", "0.5"}}).find("must be a number"), std::string::npos);
   EXPECT_NE(ErrorOf({{"box_noise_scale", -1.0}}).find("box_noise_scale"), std::string::npos);
   EXPECT_NE(ErrorOf({{"box_noise_scale", true}}).find("must be a number"), std::string::npos);
+}
+
+TEST(ConfigTest, CategoryIdsParseRoundTripAndMapLabels) {
+  // Sparse, unordered dataset ids (labels need not follow any order here).
+  json j = {{"num_classes", 3}, {"classes", {"cat", "dog", "bird"}},
+            {"category_ids", {90, 3, 7}}};
+  ModelConfig c = ModelConfig::FromJson(j);
+  EXPECT_EQ(c.category_ids, (std::vector<int64_t>{90, 3, 7}));
+  EXPECT_EQ(c.CategoryId(0), 90);
+  EXPECT_EQ(c.CategoryId(1), 3);
+  EXPECT_EQ(c.CategoryId(2), 7);
+  EXPECT_THROW(c.CategoryId(3), std::out_of_range);
+  EXPECT_THROW(c.CategoryId(-1), std::out_of_range);
+  const json written = c.ToJson();
+  ASSERT_TRUE(written.contains("category_ids"));
+  EXPECT_EQ(written.at("category_ids"), json({90, 3, 7}));
+  ModelConfig back = ModelConfig::FromJson(written);
+  EXPECT_EQ(back.category_ids, c.category_ids);
+  EXPECT_EQ(back.ToJson(), written);
+
+  // Without a map the ids are the labels and ToJson leaves the key out.
+  ModelConfig plain = ModelConfig::FromJson({{"num_classes", 3}});
+  EXPECT_TRUE(plain.category_ids.empty());
+  EXPECT_FALSE(plain.ToJson().contains("category_ids"));
+  EXPECT_EQ(plain.CategoryId(2), 2);
+  // An empty array is the same as no map.
+  EXPECT_TRUE(ModelConfig::FromJson({{"num_classes", 3}, {"category_ids", json::array()}})
+                  .category_ids.empty());
+}
+
+TEST(ConfigTest, CategoryIdsAreValidated) {
+  const std::string wrong_length =
+      ErrorOf({{"num_classes", 3}, {"category_ids", {1, 2}}});
+  EXPECT_NE(wrong_length.find("'category_ids' has 2 ids but num_classes is 3"), std::string::npos)
+      << wrong_length;
+  const std::string duplicate =
+      ErrorOf({{"num_classes", 3}, {"category_ids", {5, 9, 5}}});
+  EXPECT_NE(duplicate.find("'category_ids' entries 0 and 2 are both 5"), std::string::npos)
+      << duplicate;
+  const std::string negative =
+      ErrorOf({{"num_classes", 3}, {"category_ids", {1, -4, 2}}});
+  EXPECT_NE(negative.find("'category_ids' entry 1 is negative (-4)"), std::string::npos)
+      << negative;
+  const std::string not_integer =
+      ErrorOf({{"num_classes", 2}, {"category_ids", {1, 2.5}}});
+  EXPECT_NE(not_integer.find("'category_ids' must be an array of integers, entry 1"),
+            std::string::npos)
+      << not_integer;
+  EXPECT_NE(ErrorOf({{"num_classes", 2}, {"category_ids", {"1", "2"}}}).find("category_ids"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf({{"num_classes", 1}, {"category_ids", 1}}).find("'category_ids' must be an array"),
+            std::string::npos);
+  // Validate() checks a config built in code too.
+  ModelConfig c = ModelConfig::FromJson({{"num_classes", 2}});
+  c.category_ids = {4, 4};
+  EXPECT_THROW(c.Validate(), std::invalid_argument);
+}
+
+TEST(ConfigTest, CategoryIdsRoundTripThroughAModelDirectory) {
+  namespace fs = std::filesystem;
+  ModelConfig c = ModelConfig::FromJson({{"backbone", "resnet18"},
+                                         {"embed_dim", 32},
+                                         {"num_heads", 4},
+                                         {"dim_feedforward", 32},
+                                         {"enc_layers", 1},
+                                         {"dec_layers", 1},
+                                         {"num_queries", 10},
+                                         {"hybrid_num_proposals", 0},
+                                         {"num_classes", 3},
+                                         {"num_select", 5},
+                                         {"classes", {"cat", "dog", "bird"}},
+                                         {"category_ids", {17, 2, 40}}});
+  const std::string dir = testing::TempDir() + "/config_test_category_ids";
+  fs::remove_all(dir);
+  LpDetr model(c);
+  SaveModelDir(dir, c, *model);
+  const json on_disk = json::parse(std::ifstream(dir + "/config.json"));
+  EXPECT_EQ(on_disk.at("category_ids"), json({17, 2, 40}));
+  std::ifstream labels(dir + "/labels.txt");
+  ASSERT_TRUE(labels.good()) << "labels.txt not written";
+  std::string line;
+  std::vector<std::string> names;
+  while (std::getline(labels, line)) names.push_back(line);
+  EXPECT_EQ(names, c.classes);
+  LoadedModel loaded = LoadModelDir(dir);
+  EXPECT_EQ(loaded.config.category_ids, c.category_ids);
+  EXPECT_EQ(loaded.config.classes, c.classes);
+  EXPECT_EQ(loaded.config.CategoryId(2), 40);
+
+  // Saving a model without names or map over it leaves neither behind.
+  ModelConfig plain = c;
+  plain.classes.clear();
+  plain.category_ids.clear();
+  SaveModelDir(dir, plain, *model);
+  EXPECT_FALSE(fs::exists(dir + "/labels.txt"));
+  LoadedModel reloaded = LoadModelDir(dir);
+  EXPECT_TRUE(reloaded.config.category_ids.empty());
+  EXPECT_TRUE(reloaded.config.classes.empty());
+  EXPECT_EQ(reloaded.config.CategoryId(2), 2);
+  fs::remove_all(dir);
 }
 
 TEST(ConfigTest, MissingOrInvalidFileIsAnError) {

@@ -38,8 +38,19 @@ def free_port():
         return s.getsockname()[1]
 
 
-def small_model(workdir, name="lp-detr-tiny", min_size=320, max_size=480):
-    """A copy of a fixture model with a smaller inference size (fast on CPU)."""
+def sparse_category_ids(num_classes):
+    """Dataset category ids that no label id can be mistaken for: sorted,
+    sparse, all >= 1000 (as a model trained on such a COCO dataset stores)."""
+    return [1000 + 7 * i + (i // 10) * 100 for i in range(num_classes)]
+
+
+def small_model(workdir, name="lp-detr-tiny", min_size=320, max_size=480,
+                category_ids=None):
+    """A copy of a fixture model with a smaller inference size (fast on CPU).
+
+    category_ids: a function num_classes -> ids; its result is written as the
+    model's config.json `category_ids` (the label -> dataset id map).
+    """
     src = TEST_MODELS / name
     if not (src / "config.json").is_file():
         raise RuntimeError("fixture model %s not found (ctest fixture fixture_models)" % src)
@@ -47,6 +58,8 @@ def small_model(workdir, name="lp-detr-tiny", min_size=320, max_size=480):
     shutil.copytree(src, dst)
     config = json.loads((dst / "config.json").read_text())
     config["min_size"], config["max_size"] = min_size, max_size
+    if category_ids is not None:
+        config["category_ids"] = category_ids(config["num_classes"])
     (dst / "config.json").write_text(json.dumps(config, indent=1))
     return dst
 

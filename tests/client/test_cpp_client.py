@@ -13,6 +13,22 @@ import harness
 CLIENT = str(harness.BIN_DIR / "lpdetr-client")
 
 
+def listed_label_ids(text):
+    """Label ids of the detections in a text listing, in listing order."""
+    return [int(i) for i in re.findall(r" id=(\d+) +score=", text)]
+
+
+def detect_label_and_category_ids(client, images):
+    """(label_id, category_id) of every detection of one `detect --json -` run:
+    the JSON on stdout, the listing (with label ids, same order) on stderr."""
+    result = client("detect", images, "--json=-", "--score_threshold=0",
+                    "--max_detections=4")
+    coco = json.loads(result.stdout)
+    labels = listed_label_ids(result.stderr)
+    assert len(labels) == len(coco), (result.stderr, coco)
+    return [(label, entry["category_id"]) for label, entry in zip(labels, coco)]
+
+
 class CppClientTest(unittest.TestCase):
 
     @classmethod
@@ -69,6 +85,13 @@ class CppClientTest(unittest.TestCase):
         self.assertEqual(len(m["scale_alpha"]), m["decoder_layers"])
         for a in m["scale_alpha"]:
             self.assertAlmostEqual(a["local"] + a["medium"] + a["global"], 1.0, places=4)
+        self.assertEqual(m.get("category_ids", []), [])  # the fixture carries no map
+
+    def test_detect_category_id_is_the_label_id_without_a_map(self):
+        pairs = detect_label_and_category_ids(self.client, self.dir / "images")
+        self.assertEqual(len(pairs), 5 * 4)
+        for label_id, category_id in pairs:
+            self.assertEqual(category_id, label_id)
 
     def test_detect_json_coco(self):
         # Threshold 0 keeps everything: exactly max_detections per image.
@@ -180,6 +203,64 @@ class CppClientTest(unittest.TestCase):
         self.assertIn("unknown command", self.client("frobnicate", check=2).stderr)
         self.assertIn("--score_threshold", self.client(
             "detect", self.images[0][0], "--score_threshold=2", check=2).stderr)
+
+
+class CppClientCategoryMapTest(unittest.TestCase):
+    """A served model with a category map: COCO results carry its dataset ids."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="lpdetr-client-map-test-")
+        cls.dir = pathlib.Path(cls.tmp.name)
+        model = harness.small_model(cls.dir, category_ids=harness.sparse_category_ids)
+        cls.ids = json.loads((model / "config.json").read_text())["category_ids"]
+        cls.server = harness.Server(model, ["--max_batch_size=4", "--max_queue_delay_us=2000"])
+        cls.images = harness.make_images(cls.dir / "images", count=3)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        cls.tmp.cleanup()
+
+    def client(self, *args, check=0, timeout=120):
+        return harness.run([CLIENT] + list(args) + ["--address=" + self.server.address],
+                           timeout=timeout, check=check)
+
+    def test_models_report_the_map(self):
+        out = self.dir / "models.json"
+        self.client("models", "--json=%s" % out)
+        m = json.loads(out.read_text())["models"][0]
+        self.assertEqual(m["category_ids"], self.ids)  # numbers, parallel to classes
+        self.assertEqual(len(m["category_ids"]), len(m["classes"]))
+        self.assertIn("category ids: %d, %d, %d" % tuple(self.ids[:3]),
+                      self.client("models").stdout)
+
+    def test_detect_writes_the_dataset_ids(self):
+        pairs = detect_label_and_category_ids(self.client, self.dir / "images")
+        self.assertEqual(len(pairs), 3 * 4)
+        for label_id, category_id in pairs:
+            self.assertLess(label_id, len(self.ids))  # label ids stay contiguous
+            self.assertEqual(category_id, self.ids[label_id])
+
+    def test_class_filter_takes_label_ids(self):
+        out = self.dir / "top.json"
+        first = self.client("detect", self.images[0][0], "--json=-", "--score_threshold=0",
+                            "--max_detections=1")
+        label = listed_label_ids(first.stderr)[0]
+        self.client("detect", self.dir / "images", "--json=%s" % out, "--score_threshold=0",
+                    "--max_detections=3", "--classes=%d" % label)
+        coco = json.loads(out.read_text())
+        self.assertTrue(coco)
+        self.assertEqual({d["category_id"] for d in coco}, {self.ids[label]})
+
+    def test_stream_writes_the_dataset_ids(self):
+        out = self.dir / "stream.json"
+        result = self.client("stream", self.dir / "images", "--json=%s" % out,
+                             "--score_threshold=0", "--max_detections=4")
+        coco = json.loads(out.read_text())
+        labels = listed_label_ids(result.stdout)
+        self.assertEqual(len(labels), 3 * 4)
+        self.assertEqual([d["category_id"] for d in coco], [self.ids[l] for l in labels])
 
 
 if __name__ == "__main__":

@@ -431,6 +431,7 @@ TEST_F(ServerTest, ModelService) {
   ASSERT_EQ(m.scale_alpha_size(), 3);
   for (const auto& a : m.scale_alpha()) EXPECT_NEAR(a.local() + a.medium() + a.global(), 1.f, 1e-4);
   EXPECT_TRUE(m.active());
+  EXPECT_EQ(m.category_ids_size(), 0);  // the fixture model carries no category map
   grpc::ClientContext ctx2;
   lpdetr::v1::GetModelRequest get;
   get.set_name("no-such-model");
@@ -438,6 +439,53 @@ TEST_F(ServerTest, ModelService) {
   grpc::Status s = stub->GetModel(&ctx2, get, &info);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_NE(s.error_message().find("no-such-model"), std::string::npos);
+}
+
+TEST_F(ServerTest, ModelServiceReportsTheCategoryMap) {
+  // The fixture model with a sparse dataset id for each of its labels.
+  const fs::path model = *dir_ / "mapped_model";
+  fs::remove_all(model);
+  fs::copy(*dir_ / "model", model, fs::copy_options::recursive);
+  json config = json::parse(ReadAll(model / "config.json"));
+  const int num_classes = config["num_classes"].get<int>();
+  std::vector<int64_t> ids;
+  for (int i = 0; i < num_classes; ++i) ids.push_back(5 + 3 * int64_t{i} + (i > 40 ? 1000 : 0));
+  config["category_ids"] = ids;
+  std::ofstream(model / "config.json") << config.dump(2);
+
+  ServerProcess s;
+  ASSERT_TRUE(s.Start({"--model_dir=" + model.string()}, *dir_ / "mapped.log")) << s.Log();
+  auto stub = lpdetr::v1::ModelService::NewStub(s.Channel());
+  grpc::ClientContext ctx;
+  lpdetr::v1::ListModelsResponse list;
+  ASSERT_TRUE(stub->ListModels(&ctx, {}, &list).ok());
+  ASSERT_EQ(list.models_size(), 1);
+  const auto& listed = list.models(0);
+  EXPECT_EQ(std::vector<int64_t>(listed.category_ids().begin(), listed.category_ids().end()),
+            ids);
+  EXPECT_EQ(listed.category_ids_size(), listed.classes_size());
+  grpc::ClientContext ctx2;
+  lpdetr::v1::ModelInfo info;
+  ASSERT_TRUE(stub->GetModel(&ctx2, {}, &info).ok());
+  EXPECT_EQ(std::vector<int64_t>(info.category_ids().begin(), info.category_ids().end()), ids);
+  // Detections keep the contiguous label index.
+  DetectResponse resp;
+  grpc::Status st = Detect(s.Channel(), Request({png_}, 0.0f, 20), &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(resp.results_size(), 1);
+  ASSERT_EQ(resp.results(0).detections_size(), 20);
+  for (const auto& d : resp.results(0).detections()) {
+    EXPECT_GE(d.label_id(), 0);
+    EXPECT_LT(d.label_id(), num_classes);
+  }
+
+  // A map that repeats an id is refused at startup, naming the key.
+  ids[7] = ids[3];
+  config["category_ids"] = ids;
+  std::ofstream(model / "config.json") << config.dump(2);
+  ServerProcess bad;
+  EXPECT_FALSE(bad.Start({"--model_dir=" + model.string()}, *dir_ / "mapped_bad.log"));
+  EXPECT_NE(bad.Log().find("'category_ids' entries 3 and 7"), std::string::npos) << bad.Log();
 }
 
 TEST_F(ServerTest, HealthCheckAndWatch) {

@@ -7,8 +7,9 @@ folder on PYTHONPATH, or set LPDETR_PYTHON_STUBS to it).
 from .client import (
     Client,
     DetectError,
+    category_id,
     coco_results,
     detection_dicts,
 )
 
-__all__ = ["Client", "DetectError", "coco_results", "detection_dicts"]
+__all__ = ["Client", "DetectError", "category_id", "coco_results", "detection_dicts"]

@@ -35,6 +35,16 @@ def _print_image(name, result):
               % (d["label"], d["label_id"], d["score"], *d["box"]))
 
 
+def _model_mismatch(model, response):
+    """"" when `response` comes from `model` (a ModelInfo), else what differs."""
+    if not response.model or (response.model, response.model_version) == (model.name,
+                                                                         model.version):
+        return ""
+    return ("results come from model '%s' version '%s', but the category ids were read "
+            "from model '%s' version '%s' (the served model changed during the run)"
+            % (response.model, response.model_version, model.name, model.version))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 -m lpdetr_client", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,18 +86,21 @@ def main(argv=None):
         options = dict(score_threshold=args.score_threshold,
                        max_detections=args.max_detections, classes=classes)
         files = _expand(args.paths)
+        # COCO results carry the model's dataset category ids: learn them first.
+        model = client.get_model() if args.json else None
         coco, failed = [], 0
+        pairs = []
         if args.command == "detect":
-            pairs = []
             for index, f in enumerate(files):
                 try:
-                    pairs.append((index, f, client.detect([f], **options).results[0]))
+                    response = client.detect([f], **options)
                 except grpc.RpcError as e:
                     failed += 1
                     print("%s: error: %s: %s" % (f, e.code().name, e.details()),
                           file=sys.stderr)
+                    continue
+                pairs.append((index, f, response))
         else:
-            pairs = []
             frames = ((f.name, f) for f in files)
             for index, response in enumerate(client.detect_stream(frames, **options)):
                 if response.HasField("error"):
@@ -95,13 +108,20 @@ def main(argv=None):
                     print("%s: error: %s" % (response.request_id, response.error.message),
                           file=sys.stderr)
                 else:
-                    pairs.append((index, response.request_id, response.results[0]))
-        for index, name, result in pairs:
-            if args.json:
-                stem = pathlib.Path(str(name)).stem
-                coco += coco_results(int(stem) if stem.isdigit() else index + 1, result)
-            else:
+                    pairs.append((index, response.request_id, response))
+        for index, name, response in pairs:
+            result = response.results[0]
+            if not args.json:
                 _print_image(str(name), result)
+                continue
+            mismatch = _model_mismatch(model, response)
+            if mismatch:
+                failed += 1
+                print("%s: error: %s" % (name, mismatch), file=sys.stderr)
+                continue
+            stem = pathlib.Path(str(name)).stem
+            coco += coco_results(int(stem) if stem.isdigit() else index + 1, result,
+                                 model.category_ids)
         if args.json:
             json.dump(coco, sys.stdout, indent=1)
             print()

@@ -151,6 +151,12 @@ class Client:
         return self._models.GetModel(model_pb2.GetModelRequest(name=name),
                                      timeout=self.timeout)
 
+    def category_ids(self, name=""):
+        """The dataset category id of each label id of model `name` ("" = the
+        active model), as a list parallel to its classes; [] when the model
+        carries no map (its label ids are the category ids)."""
+        return list(self.get_model(name).category_ids)
+
 
 def detection_dicts(image_detections):
     """Plain dicts of one ImageDetections: label, label_id, score, box [x1,y1,x2,y2]."""
@@ -159,9 +165,25 @@ def detection_dicts(image_detections):
             for d in image_detections.detections]
 
 
-def coco_results(image_id, image_detections):
-    """COCO results entries (image_id, category_id, bbox [x,y,w,h], score)."""
-    return [{"image_id": image_id, "category_id": d.label_id,
+def category_id(label_id, category_ids=()):
+    """The dataset category id of a label id: category_ids[label_id], or the
+    label id itself when category_ids is empty (a model without a map)."""
+    if not category_ids:
+        return label_id
+    if not 0 <= label_id < len(category_ids):
+        raise IndexError("label id %d is outside the category map (%d ids)"
+                         % (label_id, len(category_ids)))
+    return int(category_ids[label_id])
+
+
+def coco_results(image_id, image_detections, category_ids=()):
+    """COCO results entries (image_id, category_id, bbox [x,y,w,h], score).
+
+    category_ids: the model's ModelInfo.category_ids (Client.category_ids());
+    category_id is then the dataset id of each detection's label, else the
+    label id. Detection.label_id itself is always the contiguous index.
+    """
+    return [{"image_id": image_id, "category_id": category_id(d.label_id, category_ids),
              "bbox": [d.box.x_min, d.box.y_min, d.box.x_max - d.box.x_min,
                       d.box.y_max - d.box.y_min],
              "score": d.score}
