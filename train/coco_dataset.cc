@@ -436,7 +436,10 @@ int64_t CocoTrainDataset::IndexOf(int64_t image_id) const {
 
 cv::Mat CocoTrainDataset::LoadImageRgb(int64_t index) const {
   const CocoImage& im = image(index);
-  cv::Mat bgr = cv::imread(im.path, cv::IMREAD_COLOR);
+  // The stored pixels, as COCO tools read them: an EXIF orientation tag is
+  // not applied, so the frame is the one the annotations' width and height
+  // (and boxes) describe.
+  cv::Mat bgr = cv::imread(im.path, cv::IMREAD_COLOR | cv::IMREAD_IGNORE_ORIENTATION);
   if (bgr.empty()) {
     throw std::runtime_error("cannot decode image " + im.path + " (image id " +
                              std::to_string(im.id) + " of " + source_ + ")");

@@ -124,7 +124,9 @@ class CocoTrainDataset {
   const CategoryMap& categories() const { return categories_; }
   const CocoDatasetStats& stats() const { return stats_; }
 
-  // The decoded image as 8-bit RGB (CV_8UC3). Throws std::runtime_error
+  // The decoded image as 8-bit RGB (CV_8UC3), in its stored pixel frame (an
+  // EXIF orientation is not applied: COCO sizes and boxes refer to the stored
+  // pixels). Throws std::runtime_error
   // naming the file when it cannot be decoded or its size is not the JSON's.
   cv::Mat LoadImageRgb(int64_t index) const;
 

@@ -1,6 +1,11 @@
 #include "train/train_setup.h"
 
+#include <algorithm>
+#include <cmath>
 #include <initializer_list>
+#include <map>
+#include <regex>
+#include <string>
 #include <stdexcept>
 #include <utility>
 
@@ -138,6 +143,83 @@ double ClipGradients(const std::vector<at::Tensor>& params, double max_norm) {
 
 void ClearGradients(const std::vector<at::Tensor>& params) {
   for (const at::Tensor& p : params) p.mutable_grad() = at::Tensor();
+}
+
+}  // namespace lpdetr::train
+
+namespace lpdetr::train {
+namespace {
+
+bool IsClassDependent(const std::string& name) {
+  for (const char* prefix : {"transformer.decoder.class_head.", "transformer.encoder_class_head.",
+                             "transformer.hybrid_class_head.",
+                             "denoising_generator.label_encoder."}) {
+    if (name.rfind(prefix, 0) == 0) return true;
+  }
+  return false;
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+std::vector<std::string> ClassDependentTensorNames(const torch::nn::Module& model) {
+  std::vector<std::string> names;
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+    if (IsClassDependent(item.key())) names.push_back(item.key());
+  }
+  return names;
+}
+
+std::vector<std::string> InitializeClassTensors(torch::nn::Module& model) {
+  at::NoGradGuard no_grad;
+  const double prior = 0.01;
+  const double bias_value = -std::log((1 - prior) / prior);
+  std::vector<std::string> names;
+  for (auto& item : model.named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    if (!IsClassDependent(name)) continue;
+    at::Tensor t = item.value();
+    if (name.rfind("denoising_generator.label_encoder.", 0) == 0) {
+      t.normal_(0.0, 1.0);
+    } else if (EndsWith(name, ".bias")) {
+      t.fill_(bias_value);
+    } else {
+      const double bound = 1.0 / std::sqrt(static_cast<double>(t.size(1)));
+      t.uniform_(-bound, bound);
+    }
+    names.push_back(name);
+  }
+  return names;
+}
+
+void InitializeForTraining(torch::nn::Module& model) {
+  InitializeClassTensors(model);
+  at::NoGradGuard no_grad;
+  // Box heads (MLPs): the decoder layers', the encoder's and the hybrid
+  // branch's; the last Linear of each is its highest-numbered `layers.K`.
+  static const std::regex kBoxLayer(
+      R"(^(transformer\.(?:decoder\.bbox_head\.\d+|encoder_bbox_head|hybrid_bbox_head)\.layers\.)(\d+)\.)");
+  std::map<std::string, int> last_layer;  // head prefix -> last layer index
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+    std::smatch m;
+    if (!std::regex_search(item.key(), m, kBoxLayer)) continue;
+    const int k = std::stoi(m[2].str());
+    auto [it, inserted] = last_layer.emplace(m[1].str(), k);
+    if (!inserted) it->second = std::max(it->second, k);
+  }
+  for (auto& item : model.named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    if (name == "transformer.tgt_embed.weight" || name == "transformer.hybrid_tgt_embed.weight") {
+      item.value().normal_(0.0, 1.0);
+    }
+    std::smatch m;
+    if (std::regex_search(name, m, kBoxLayer) && std::stoi(m[2].str()) == last_layer[m[1].str()]) {
+      item.value().zero_();
+    }
+  }
 }
 
 }  // namespace lpdetr::train

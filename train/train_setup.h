@@ -102,3 +102,25 @@ double ClipGradients(const std::vector<at::Tensor>& params, double max_norm);
 void ClearGradients(const std::vector<at::Tensor>& params);
 
 }  // namespace lpdetr::train
+
+namespace lpdetr::train {
+
+// Full names of the tensors whose shape depends on the class count: every
+// classification head (each decoder layer's, the encoder's, the hybrid
+// branch's) and the denoising label encoder, in registration order.
+std::vector<std::string> ClassDependentTensorNames(const torch::nn::Module& model);
+
+// Gives those tensors their official initial values: each head's weight
+// uniform in +-1/sqrt(fan_in) (torch's Linear default) and its bias
+// -log((1 - 0.01) / 0.01) (prior probability 0.01), the label encoder's
+// embedding standard normal. Draws from LibTorch's default generator.
+// Returns the names re-initialised.
+std::vector<std::string> InitializeClassTensors(torch::nn::Module& model);
+
+// The official initial values of the parts a fresh model (trained from a
+// configuration, not a checkpoint) needs beyond LibTorch's defaults: the class
+// tensors above, the query embeddings standard normal, and the last layer of
+// the encoder and hybrid box heads zero.
+void InitializeForTraining(torch::nn::Module& model);
+
+}  // namespace lpdetr::train

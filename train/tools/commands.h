@@ -7,7 +7,8 @@
 
 namespace lpdetr::train {
 
-// eval --annotations GT.json --detections DT.json: COCO bbox evaluation.
+// eval --annotations GT.json --detections DT.json: COCO bbox evaluation;
+// eval --model DIR --annotations GT.json --images DIR: of a model's detections.
 int RunEvalCommand(int argc, char** argv);
 
 // step-tensor --model DIR --input in.safetensors --output out.safetensors:
@@ -18,6 +19,13 @@ int RunStepTensorCommand(int argc, char** argv);
 // steps (forward, loss, backward, AdamW) of a random-weight model. main()
 // configures the process for the fast numerics before it runs.
 int RunBenchCommand(int argc, char** argv);
+
+// train --train-annotations A --train-images I (--model DIR | --config C)
+// --output RUN_DIR [options]: the training engine.
+int RunTrainCommand(int argc, char** argv);
+
+// resume RUN_DIR: continues a run from its latest checkpoint.
+int RunResumeCommand(int argc, char** argv);
 
 // The numerics step-tensor runs with (--numerics, default reference), read
 // from its arguments before any library work so that main() can configure the

@@ -10,6 +10,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <c10/util/Exception.h>
 
@@ -64,6 +65,50 @@ class CommandFlags {
     } catch (const std::exception&) {
     }
     throw UsageError("--" + name + " must be an integer, got '" + it->second + "'");
+  }
+
+  double Double(const std::string& name, double fallback) const {
+    auto it = values_.find(name);
+    if (it == values_.end()) return fallback;
+    try {
+      size_t pos = 0;
+      const double v = std::stod(it->second, &pos);
+      if (pos == it->second.size()) return v;
+    } catch (const std::exception&) {
+    }
+    throw UsageError("--" + name + " must be a number, got '" + it->second + "'");
+  }
+
+  // A comma-separated list of integers ("" is the empty list).
+  std::vector<int64_t> IntList(const std::string& name, std::vector<int64_t> fallback) const {
+    auto it = values_.find(name);
+    if (it == values_.end()) return fallback;
+    std::vector<int64_t> out;
+    const std::string& text = it->second;
+    size_t begin = 0;
+    while (begin < text.size()) {
+      size_t end = text.find(',', begin);
+      if (end == std::string::npos) end = text.size();
+      const std::string item = text.substr(begin, end - begin);
+      try {
+        size_t pos = 0;
+        out.push_back(std::stoll(item, &pos));
+        if (pos != item.size()) throw std::invalid_argument(item);
+      } catch (const std::exception&) {
+        throw UsageError("--" + name + " must be comma-separated integers, got '" + text + "'");
+      }
+      begin = end + 1;
+    }
+    return out;
+  }
+
+  // 0 or 1 (also false/true).
+  bool Bool(const std::string& name, bool fallback) const {
+    auto it = values_.find(name);
+    if (it == values_.end()) return fallback;
+    if (it->second == "1" || it->second == "true") return true;
+    if (it->second == "0" || it->second == "false") return false;
+    throw UsageError("--" + name + " must be 0 or 1, got '" + it->second + "'");
   }
 
  private:

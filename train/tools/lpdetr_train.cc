@@ -1,6 +1,9 @@
 // lpdetr-train: training, evaluation and training-step tools of LP-DETR.
 //
+//   lpdetr-train train --train-annotations A --train-images I (--model DIR | --config C) --output RUN_DIR
+//   lpdetr-train resume RUN_DIR
 //   lpdetr-train eval --annotations GT.json --detections DT.json
+//   lpdetr-train eval --model DIR --annotations GT.json --images IMAGE_DIR
 //   lpdetr-train step-tensor --model DIR --input in.safetensors --output out.safetensors
 //   lpdetr-train bench --config CONFIG.json --height H --width W --iters N
 //
@@ -21,7 +24,11 @@ struct Command {
 };
 
 constexpr Command kCommands[] = {
-    {"eval", "COCO bbox evaluation of a detections file (pycocotools semantics)",
+    {"train", "trains a model on a COCO dataset (official recipe), writes a run directory",
+     lpdetr::train::RunTrainCommand},
+    {"resume", "continues a training run from its latest checkpoint",
+     lpdetr::train::RunResumeCommand},
+    {"eval", "COCO bbox evaluation of a detections file or a model (pycocotools semantics)",
      lpdetr::train::RunEvalCommand},
     {"step-tensor", "one training forward + backward with the official loss, tensors out",
      lpdetr::train::RunStepTensorCommand},
@@ -51,9 +58,14 @@ int main(int argc, char** argv) {
   if (name == "step-tensor") {
     lpdetr::ConfigureProcess(argv, lpdetr::train::StepTensorNumerics(argc - 1, argv + 1));
   }
-  // bench times with the fastest kernels and, like a training process, keeps
-  // freed memory for reuse.
-  if (name == "bench") {
+  // eval --model runs inference over a dataset, like lpdetr-model detect.
+  if (name == "eval") {
+    lpdetr::ConfigureProcess(argv, lpdetr::Numerics::kFast);
+    lpdetr::RetainFreedMemory();
+  }
+  // Training and its benchmark run the fastest kernels and keep freed memory
+  // for reuse (the steps allocate the same large buffers again and again).
+  if (name == "bench" || name == "train" || name == "resume") {
     lpdetr::ConfigureProcess(argv, lpdetr::Numerics::kFast);
     lpdetr::RetainFreedMemory();
   }

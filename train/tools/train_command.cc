@@ -1,0 +1,224 @@
+// lpdetr-train train / resume: the training engine (train/trainer.h) on the
+// command line. SIGTERM or SIGINT asks for a stop: the step in progress
+// finishes, a resumable checkpoint is written and the process exits 3 (a
+// second signal kills it at once).
+#include <signal.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "train/tools/commands.h"
+#include "train/tools/flags.h"
+#include "train/trainer.h"
+
+namespace lpdetr::train {
+namespace {
+
+constexpr const char* kTrainUsage = R"(usage: lpdetr-train train --train-annotations A.json --train-images DIR
+       [--val-annotations V.json --val-images DIR] (--model BASE_DIR | --config CONFIG.json)
+       --output RUN_DIR [options]
+
+Trains LP-DETR with the official Relation-DETR recipe on a COCO dataset and
+writes a run directory: model/ (servable), metrics.json, progress.jsonl,
+loss_curve.png, alpha.png, best/ and checkpoints/ for `lpdetr-train resume`.
+The datasets are checked first; every problem is reported and nothing is
+written.
+
+Data and model:
+  --train-annotations  COCO instances JSON of the training set (required)
+  --train-images       folder of its images (required)
+  --val-annotations    COCO instances JSON of the validation set (optional)
+  --val-images         folder of its images (with --val-annotations)
+  --model              a model directory to fine-tune; when its classes differ
+                       from the dataset's, the class heads and the denoising
+                       label encoder are re-initialised (listed in the log)
+  --config             a model configuration JSON to train from scratch
+  --output             the run directory (must not exist or be empty; required)
+Schedule:
+  --epochs             epochs (default 12)
+  --batch-size         images per batch (default 2)
+  --accumulate-steps   batches per optimizer step (default 1)
+  --max-steps          end the run after this many optimizer steps (default 0: no limit)
+  --lr                 base learning rate (default 1e-4; backbone and the
+                       attention's linear projections train at lr x 0.1)
+  --weight-decay       AdamW weight decay (default 1e-4)
+  --lr-milestones      epochs where lr is multiplied by --lr-gamma (default 10)
+  --lr-gamma           (default 0.1)
+  --max-grad-norm      gradient clipping (default 0.1; 0 disables)
+  --ema                1: keep an exponential moving average of the weights,
+                       evaluated and exported instead of the raw weights (default 0)
+  --ema-decay          (default 0.9999)  --ema-warmup-steps (default 2000)
+Evaluation and checkpoints:
+  --eval-every         evaluate every N steps (default 0: after every epoch)
+  --best-metric        COCO stat that picks best/ (default AP; ties keep the earlier)
+  --eval-batch-size    images per evaluation batch (default 1)
+  --checkpoint-every   checkpoint every N steps (default 0: after every epoch)
+  --keep-checkpoints   checkpoints kept (default 2; best/ is separate and kept)
+Augmentation (the official presets.detr):
+  --augment            detr (default) or none (resize to the model's size only)
+  --scales             shortest-side sizes, comma-separated (default: the
+                       official 480..800 scaled to the model's min_size)
+  --max-size           longest side after resizing (default: the model's max_size)
+Process:
+  --seed               order, augmentation and initialisation seed (default 42)
+  --workers            loader threads (default 2)
+  --prefetch           batches prepared ahead (default 4)
+  --threads            intra-op threads (default: all cores)
+  --precision          fp32 (the only one for now)
+  --progress           auto (bar on a terminal, JSON lines otherwise), bar, json, quiet
+  --log-every          a step event every N steps (default 1)
+  --stop-after-steps   stop after N steps of this invocation with a resumable
+                       checkpoint (exit 3)
+
+Exit codes: 0 done, 1 failed, 2 usage, 3 stopped (SIGTERM or --stop-after-steps)
+after writing a resumable checkpoint.
+)";
+
+constexpr const char* kResumeUsage = R"(usage: lpdetr-train resume RUN_DIR [--max-steps N] [--threads T]
+       [--progress auto|bar|json|quiet] [--stop-after-steps N]
+
+Continues the run in RUN_DIR from its latest checkpoint, exactly as if it had
+not stopped (same order, augmentation, random state, optimizer and EMA state).
+  --max-steps         new step limit of the run (default: the run's own)
+  --threads, --progress, --stop-after-steps   as for train
+Exit codes as for train.
+)";
+
+std::atomic<bool> g_stop_requested{false};
+
+void OnStopSignal(int signal) {
+  g_stop_requested.store(true);
+  std::signal(signal, SIG_DFL);  // a second signal ends the process
+}
+
+void InstallStopHandlers() {
+  struct sigaction action {};
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+}
+
+ProgressReporter::Mode ParseProgressMode(const std::string& mode) {
+  if (mode == "auto") return ProgressReporter::Mode::kAuto;
+  if (mode == "bar") return ProgressReporter::Mode::kBar;
+  if (mode == "json") return ProgressReporter::Mode::kJson;
+  if (mode == "quiet") return ProgressReporter::Mode::kQuiet;
+  throw UsageError("--progress must be auto, bar, json or quiet, got '" + mode + "'");
+}
+
+RunOptions ParseRunOptions(const CommandFlags& flags) {
+  RunOptions o;
+  o.threads = static_cast<int>(flags.Int("threads", 0));
+  if (o.threads < 0) throw UsageError("--threads must be >= 0");
+  o.stop_after_steps = flags.Int("stop-after-steps", 0);
+  if (o.stop_after_steps < 0) throw UsageError("--stop-after-steps must be >= 0");
+  o.progress_mode = ParseProgressMode(flags.Str("progress", "auto"));
+  o.stop_requested = &g_stop_requested;
+  return o;
+}
+
+TrainConfig ParseTrainConfig(const CommandFlags& flags) {
+  TrainConfig c;
+  c.train_annotations = flags.Required("train-annotations");
+  c.train_images = flags.Required("train-images");
+  c.val_annotations = flags.Str("val-annotations", "");
+  c.val_images = flags.Str("val-images", "");
+  c.base_model = flags.Str("model", "");
+  c.model_config = flags.Str("config", "");
+  if (c.base_model.empty() == c.model_config.empty()) {
+    throw UsageError("give exactly one of --model BASE_DIR or --config CONFIG.json");
+  }
+  if (c.val_annotations.empty() != c.val_images.empty()) {
+    throw UsageError("--val-annotations and --val-images go together");
+  }
+  c.epochs = flags.Int("epochs", c.epochs);
+  c.batch_size = flags.Int("batch-size", c.batch_size);
+  c.accumulate_steps = flags.Int("accumulate-steps", c.accumulate_steps);
+  c.max_steps = flags.Int("max-steps", c.max_steps);
+  c.optimizer.lr = flags.Double("lr", c.optimizer.lr);
+  c.optimizer.weight_decay = flags.Double("weight-decay", c.optimizer.weight_decay);
+  c.optimizer.max_grad_norm = flags.Double("max-grad-norm", c.optimizer.max_grad_norm);
+  c.schedule.milestones = flags.IntList("lr-milestones", c.schedule.milestones);
+  c.schedule.gamma = flags.Double("lr-gamma", c.schedule.gamma);
+  c.ema = flags.Bool("ema", c.ema);
+  c.ema_options.decay = flags.Double("ema-decay", c.ema_options.decay);
+  c.ema_options.warmup_steps = flags.Double("ema-warmup-steps", c.ema_options.warmup_steps);
+  c.eval_every = flags.Int("eval-every", c.eval_every);
+  c.best_metric = flags.Str("best-metric", c.best_metric);
+  c.eval_batch_size = flags.Int("eval-batch-size", c.eval_batch_size);
+  c.checkpoint_every = flags.Int("checkpoint-every", c.checkpoint_every);
+  c.keep_checkpoints = flags.Int("keep-checkpoints", c.keep_checkpoints);
+  const std::string augment = flags.Str("augment", "detr");
+  if (augment != "detr" && augment != "none") {
+    throw UsageError("--augment must be detr or none, got '" + augment + "'");
+  }
+  c.augment = augment == "detr";
+  // Scales left empty are derived from the model's min/max size at start.
+  c.augment_options.scales = flags.IntList("scales", {});
+  if (flags.Has("max-size")) {
+    c.augment_options.max_size = flags.Int("max-size", 0);
+    if (!flags.Has("scales")) throw UsageError("--max-size goes with --scales");
+  }
+  c.seed = static_cast<uint64_t>(flags.Int("seed", static_cast<int64_t>(c.seed)));
+  c.workers = flags.Int("workers", c.workers);
+  c.prefetch = flags.Int("prefetch", c.prefetch);
+  c.log_every = flags.Int("log-every", c.log_every);
+  const std::string precision = flags.Str("precision", "fp32");
+  if (precision != "fp32") {
+    throw UsageError("--precision " + precision + " is not supported for training yet (fp32)");
+  }
+  try {
+    c.Validate();
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
+  return c;
+}
+
+int RunTrain(int argc, char** argv) {
+  const CommandFlags flags(
+      argc, argv,
+      {"train-annotations", "train-images", "val-annotations", "val-images", "model", "config",
+       "output", "epochs", "batch-size", "accumulate-steps", "max-steps", "lr", "weight-decay",
+       "lr-milestones", "lr-gamma", "max-grad-norm", "ema", "ema-decay", "ema-warmup-steps",
+       "eval-every", "best-metric", "eval-batch-size", "checkpoint-every", "keep-checkpoints",
+       "augment", "scales", "max-size", "seed", "workers", "prefetch", "threads", "precision",
+       "progress", "log-every", "stop-after-steps"});
+  const TrainConfig config = ParseTrainConfig(flags);
+  const std::string output = flags.Required("output");
+  const RunOptions options = ParseRunOptions(flags);
+  InstallStopHandlers();
+  return static_cast<int>(StartTraining(config, output, options));
+}
+
+int RunResume(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]).rfind("--", 0) == 0) {
+    throw UsageError("resume needs the run directory");
+  }
+  const std::string run_dir = argv[1];
+  // The flags follow the run directory: parse them as if it were the name.
+  const CommandFlags flags(argc - 1, argv + 1,
+                           {"max-steps", "threads", "progress", "stop-after-steps"});
+  const int64_t max_steps = flags.Int("max-steps", 0);
+  if (max_steps < 0) throw UsageError("--max-steps must be >= 0");
+  const RunOptions options = ParseRunOptions(flags);
+  InstallStopHandlers();
+  return static_cast<int>(ResumeTraining(run_dir, options, max_steps));
+}
+
+}  // namespace
+
+int RunTrainCommand(int argc, char** argv) {
+  return RunSubcommand("train", kTrainUsage, argc, argv, RunTrain);
+}
+
+int RunResumeCommand(int argc, char** argv) {
+  return RunSubcommand("resume", kResumeUsage, argc, argv, RunResume);
+}
+
+}  // namespace lpdetr::train
