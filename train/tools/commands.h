@@ -27,6 +27,9 @@ int RunTrainCommand(int argc, char** argv);
 // resume RUN_DIR: continues a run from its latest checkpoint.
 int RunResumeCommand(int argc, char** argv);
 
+// make-shapes --output DIR --images N --seed S: the synthetic shapes dataset.
+int RunMakeShapesCommand(int argc, char** argv);
+
 // The numerics step-tensor runs with (--numerics, default reference), read
 // from its arguments before any library work so that main() can configure the
 // process (ConfigureProcess) for it. Never throws; a bad value is reported by

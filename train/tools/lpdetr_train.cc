@@ -2,6 +2,7 @@
 //
 //   lpdetr-train train --train-annotations A --train-images I (--model DIR | --config C) --output RUN_DIR
 //   lpdetr-train resume RUN_DIR
+//   lpdetr-train make-shapes --output DIR --images N --seed S
 //   lpdetr-train eval --annotations GT.json --detections DT.json
 //   lpdetr-train eval --model DIR --annotations GT.json --images IMAGE_DIR
 //   lpdetr-train step-tensor --model DIR --input in.safetensors --output out.safetensors
@@ -34,6 +35,8 @@ constexpr Command kCommands[] = {
      lpdetr::train::RunStepTensorCommand},
     {"bench", "times training steps (forward, loss, backward, AdamW) with random weights",
      lpdetr::train::RunBenchCommand},
+    {"make-shapes", "writes the synthetic shapes dataset (COCO format)",
+     lpdetr::train::RunMakeShapesCommand},
 };
 
 void PrintUsage(FILE* out) {
