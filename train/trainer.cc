@@ -486,8 +486,15 @@ void Trainer::Evaluate() {
   if (!val_set_) return;
   EvaluateOptions o;
   o.batch_size = config_.eval_batch_size;
-  o.on_progress = [this](int64_t, int64_t) {
+  // A line on stderr every 10 s, so a long evaluation shows it is moving.
+  auto last_note = std::chrono::steady_clock::now();
+  o.on_progress = [this, &last_note](int64_t done, int64_t total) {
     if (StopRequested()) throw StopDuringEvaluation{};
+    const auto now = std::chrono::steady_clock::now();
+    if (done < total && now - last_note > std::chrono::seconds(10)) {
+      last_note = now;
+      Info("evaluating: " + std::to_string(done) + "/" + std::to_string(total) + " images");
+    }
   };
   const CocoEvalResult result =
       EvaluateOnDataset(EvalModel(), model_config_, model_config_.category_ids,
