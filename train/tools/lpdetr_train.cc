@@ -14,6 +14,7 @@
 #include <cstring>
 #include <string>
 
+#include "model/cpu_caching_allocator.h"
 #include "train/tools/commands.h"
 
 namespace {
@@ -71,6 +72,9 @@ int main(int argc, char** argv) {
   if (name == "bench" || name == "train" || name == "resume") {
     lpdetr::ConfigureProcess(argv, lpdetr::Numerics::kFast);
     lpdetr::RetainFreedMemory();
+    // Large tensors come back from a bounded cache instead of fresh pages
+    // (model/cpu_caching_allocator.h): a third less CPU per R50 step.
+    lpdetr::InstallCpuCachingAllocator();
   }
   for (const Command& c : kCommands) {
     if (name == c.name) return c.run(argc - 1, argv + 1);
