@@ -135,11 +135,20 @@ TEST(TrainDataLoader, PrefetchIsBounded) {
         return EncodedSample(index, rng);
       },
       o);
+  // Waits (up to 10 s, for a loaded machine) until `n` samples are built,
+  // then gives the workers time to overshoot if they would.
+  auto settle = [&](int n) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (built.load() < n && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  };
   loader.StartEpoch(0);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  settle(2);
   EXPECT_EQ(built.load(), 2);  // nothing consumed: only the prefetch window
   ASSERT_TRUE(loader.Next());
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  settle(3);
   EXPECT_EQ(built.load(), 3);
 }
 
