@@ -61,14 +61,6 @@ std::string StepDirName(int64_t step) {
   return name;
 }
 
-std::string ReadText(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot open " + path.string());
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
-}
-
 template <typename T>
 T Get(const nlohmann::json& j, const char* key) {
   if (!j.contains(key)) throw std::invalid_argument(std::string("state.json: missing key ") + key);
@@ -190,6 +182,14 @@ void SetDefaultCpuGeneratorState(const at::Tensor& state) {
   gen.set_state(state.contiguous());
 }
 
+std::string ReadTextFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open " + path);
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
 void WriteTextAtomically(const std::string& path, const std::string& text) {
   const fs::path target(path);
   const fs::path tmp = target.parent_path() / ("." + target.filename().string() + ".tmp");
@@ -240,7 +240,7 @@ std::string LatestCheckpointDir(const std::string& run_dir) {
   if (!fs::exists(latest)) {
     throw std::runtime_error(run_dir + " has no checkpoint (" + latest.string() + " is missing)");
   }
-  std::string name = ReadText(latest);
+  std::string name = ReadTextFile(latest.string());
   while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
   if (name.rfind(kPrefix, 0) != 0 || name.find('/') != std::string::npos) {
     throw std::runtime_error(latest.string() + " does not name a checkpoint: '" + name + "'");
@@ -263,7 +263,7 @@ Checkpoint ReadCheckpoint(const std::string& dir) {
   c.rng_state = ReadSafetensors((root / "rng.safetensors").string()).Get("torch_cpu");
   const fs::path state_path = root / "state.json";
   try {
-    c.state = TrainState::FromJson(nlohmann::json::parse(ReadText(state_path)));
+    c.state = TrainState::FromJson(nlohmann::json::parse(ReadTextFile(state_path.string())));
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(state_path.string() + ": " + e.what());
   } catch (const std::invalid_argument& e) {

@@ -83,6 +83,9 @@ std::string LatestCheckpointDir(const std::string& run_dir);
 // Reads a checkpoint directory; throws std::runtime_error naming the file.
 Checkpoint ReadCheckpoint(const std::string& dir);
 
+// The whole file; throws std::runtime_error naming it when it cannot be read.
+std::string ReadTextFile(const std::string& path);
+
 // Writes `text` to `path` through a temporary file in the same directory,
 // synced and renamed over the target.
 void WriteTextAtomically(const std::string& path, const std::string& text);

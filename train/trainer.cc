@@ -45,17 +45,9 @@ void Read(const nlohmann::json& j, const char* key, T* out) {
   }
 }
 
-std::string ReadText(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot open " + path.string());
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
-}
-
 nlohmann::json ReadJsonFile(const fs::path& path) {
   try {
-    return nlohmann::json::parse(ReadText(path));
+    return nlohmann::json::parse(ReadTextFile(path.string()));
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(path.string() + ": " + e.what());
   }
@@ -138,6 +130,13 @@ class Trainer {
 
  private:
   void LoadDatasets();
+  // The progress reporter: console per the run options, RUN_DIR/progress.jsonl appended.
+  void OpenProgress() {
+    ProgressReporter::Options po;
+    po.jsonl_path = (fs::path(run_dir_) / "progress.jsonl").string();
+    po.mode = options_.progress_mode;
+    progress_ = ProgressReporter::Create(po);
+  }
   void BuildNewModel();
   void LoadRunModel();
   void SetUpOptimization();
@@ -367,10 +366,7 @@ RunResult Trainer::Start() {
   WriteTextAtomically((fs::path(run_dir_) / "run.json").string(), config_.ToJson().dump(2) + "\n");
   WriteTextAtomically((fs::path(run_dir_) / "base_config.json").string(),
                       model_config_.ToJson().dump(2) + "\n");
-  ProgressReporter::Options po;
-  po.jsonl_path = (fs::path(run_dir_) / "progress.jsonl").string();
-  po.mode = options_.progress_mode;
-  progress_ = ProgressReporter::Create(po);
+  OpenProgress();
   ProgressEvent start = Event("start");
   start.message = "training " + model_config_.name + " on " + train_set_->stats().Summary();
   if (!reinitialized_.empty()) {
@@ -396,10 +392,7 @@ RunResult Trainer::Resume() {
   SetUpOptimization();
   RestoreCheckpoint();
   StartLoader();
-  ProgressReporter::Options po;
-  po.jsonl_path = (fs::path(run_dir_) / "progress.jsonl").string();
-  po.mode = options_.progress_mode;
-  progress_ = ProgressReporter::Create(po);
+  OpenProgress();
   ProgressEvent start = Event("start");
   start.message = "resuming " + run_dir_ + " at epoch " + std::to_string(state_.epoch) +
                   ", step " + std::to_string(state_.step);
