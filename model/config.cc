@@ -16,7 +16,8 @@ using nlohmann::json;
 
 const std::set<std::string>& KnownKeys() {
   static const std::set<std::string> keys = {
-      "name",           "version",     "backbone",           "return_indices",
+      "name",           "version",     "backbone",           "backbone_width",
+      "return_indices",
       "embed_dim",      "num_heads",   "dim_feedforward",    "enc_layers",
       "dec_layers",     "num_feature_levels", "num_points",  "num_queries",
       "hybrid_num_proposals", "hybrid_assign", "denoising_nums", "label_noise_prob",
@@ -92,6 +93,7 @@ ModelConfig ModelConfig::FromJson(const json& j) {
   c.name = GetString(j, "name", c.name);
   c.version = GetString(j, "version", c.version);
   c.backbone = GetString(j, "backbone", c.backbone);
+  c.backbone_width = GetInt(j, "backbone_width", c.backbone_width);
   if (j.contains("return_indices")) {
     const json& r = j.at("return_indices");
     Require(r.is_array(), "'return_indices' must be an array of integers");
@@ -179,6 +181,7 @@ json ModelConfig::ToJson() const {
   j["name"] = name;
   j["version"] = version;
   j["backbone"] = backbone;
+  j["backbone_width"] = backbone_width;
   j["return_indices"] = return_indices;
   j["embed_dim"] = embed_dim;
   j["num_heads"] = num_heads;
@@ -210,6 +213,8 @@ void ModelConfig::Validate() const {
   Require(backbones.count(backbone) > 0,
           "'backbone' must be one of resnet18, resnet34, resnet50, resnet101, got \"" +
               backbone + "\"");
+  Require(backbone_width >= 8 && backbone_width <= 256,
+          "'backbone_width' must be in 8..256, got " + std::to_string(backbone_width));
   Require(!return_indices.empty(), "'return_indices' must not be empty");
   for (size_t i = 0; i < return_indices.size(); ++i) {
     Require(return_indices[i] >= 0 && return_indices[i] <= 3,

@@ -7,6 +7,8 @@
 //   name              string   model name shown by ModelService ("lp-detr")
 //   version           string   model version ("1")
 //   backbone          string   resnet18 | resnet34 | resnet50 | resnet101
+//   backbone_width    int      the ResNet's stem channels, stage s has
+//                              width << s planes (64, torchvision's; 8..256)
 //   return_indices    [int]    ResNet stages fed to the neck (default [1,2,3])
 //   embed_dim         int      transformer width (256)
 //   num_heads         int      attention heads H (8)
@@ -53,6 +55,7 @@ struct ModelConfig {
   std::string name = "lp-detr";
   std::string version = "1";
   std::string backbone = "resnet50";
+  int backbone_width = 64;
   std::vector<int> return_indices = {1, 2, 3};
   int embed_dim = 256;
   int num_heads = 8;

@@ -1,6 +1,10 @@
 #include "model/deform_attn.h"
 
+#include <cmath>
+
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/nn/init.h>
 #include <ATen/Parallel.h>
 
 #include "model/layers.h"
@@ -127,6 +131,25 @@ MultiScaleDeformableAttentionImpl::MultiScaleDeformableAttentionImpl(int64_t emb
       "attention_weights", torch::nn::Linear(embed_dim, num_heads * num_levels * num_points));
   value_proj = register_module("value_proj", torch::nn::Linear(embed_dim, embed_dim));
   output_proj = register_module("output_proj", torch::nn::Linear(embed_dim, embed_dim));
+}
+
+void MultiScaleDeformableAttentionImpl::ResetParameters() {
+  at::NoGradGuard no_grad;
+  sampling_offsets->weight.zero_();
+  const at::Tensor angles =
+      at::arange(num_heads_, at::kFloat) * static_cast<float>(2.0 * M_PI / num_heads_);
+  at::Tensor directions = at::stack({angles.cos(), angles.sin()}, -1);  // [H, 2]
+  directions = directions / std::get<0>(directions.abs().max(-1, /*keepdim=*/true));
+  const at::Tensor steps = at::arange(1, num_points_ + 1, at::kFloat).view({1, 1, -1, 1});
+  const at::Tensor pattern =
+      directions.view({num_heads_, 1, 1, 2}).expand({-1, num_levels_, num_points_, -1}) * steps;
+  sampling_offsets->bias.copy_(pattern.reshape({-1}));
+  attention_weights->weight.zero_();
+  attention_weights->bias.zero_();
+  for (torch::nn::Linear* proj : {&value_proj, &output_proj}) {
+    torch::nn::init::xavier_uniform_((*proj)->weight);
+    (*proj)->bias.zero_();
+  }
 }
 
 at::Tensor MultiScaleDeformableAttentionImpl::forward(const at::Tensor& query,

@@ -46,6 +46,15 @@ class MultiScaleDeformableAttentionImpl : public torch::nn::Module {
                      const at::Tensor& value, const SpatialShapes& shapes,
                      const at::Tensor& key_padding_mask);
 
+  // The official initial values, for training from scratch (a loaded
+  // checkpoint overwrites them): sampling_offsets weight zero and bias the
+  // fixed pattern where head h points along angle 2*pi*h/H (the direction
+  // scaled so its larger coordinate is 1) and point p lies p + 1 times as far,
+  // the same on every level; attention_weights zero (uniform attention over
+  // the points); value_proj and output_proj Xavier-uniform weights, zero
+  // biases. Draws from LibTorch's default generator.
+  void ResetParameters();
+
   torch::nn::Linear sampling_offsets{nullptr}, attention_weights{nullptr},
       value_proj{nullptr}, output_proj{nullptr};
 

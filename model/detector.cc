@@ -116,7 +116,7 @@ DenoisingGeneratorImpl::Result DenoisingGeneratorImpl::forward(
 // ---------------------------------------------------------------------------
 LpDetrImpl::LpDetrImpl(const ModelConfig& config) : config_(config) {
   config_.Validate();
-  backbone = register_module("backbone", ResNet(config_.backbone, config_.return_indices));
+  backbone = register_module("backbone", ResNet(config_.backbone, config_.return_indices, config_.backbone_width));
   std::vector<int64_t> channels = backbone->OutChannels();
   neck = register_module("neck", ChannelMapper(channels, config_.embed_dim,
                                                config_.num_feature_levels));

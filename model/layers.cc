@@ -29,6 +29,10 @@ std::pair<at::Tensor, at::Tensor> FrozenBatchNorm2dImpl::ScaleShift() const {
 }
 
 at::Tensor FrozenBatchNorm2dImpl::forward(const at::Tensor& x) {
+  if (batch_statistics && is_training()) {
+    return at::batch_norm(x, weight, bias, running_mean, running_var, /*training=*/true, momentum,
+                          eps, /*cudnn_enabled=*/true);
+  }
   auto [scale, shift] = ScaleShift();
   return x * scale.view({1, -1, 1, 1}) + shift.view({1, -1, 1, 1});
 }
@@ -143,8 +147,9 @@ at::Tensor ResidualBlockImpl::forward(const at::Tensor& x) {
 }
 
 // ---------------------------------------------------------------------------
-ResNetImpl::ResNetImpl(const std::string& arch, std::vector<int> return_indices)
-    : return_indices_(std::move(return_indices)) {
+ResNetImpl::ResNetImpl(const std::string& arch, std::vector<int> return_indices, int64_t width)
+    : return_indices_(std::move(return_indices)), width_(width) {
+  if (width < 1) throw std::invalid_argument("backbone width must be >= 1, got " + std::to_string(width));
   std::array<int, 4> blocks;
   bool bottleneck;
   if (arch == "resnet18") {
@@ -160,11 +165,11 @@ ResNetImpl::ResNetImpl(const std::string& arch, std::vector<int> return_indices)
                                 "' (expected resnet18, resnet34, resnet50 or resnet101)");
   }
   expansion_ = bottleneck ? 4 : 1;
-  conv1 = register_module("conv1", Conv(3, 64, 7, 2, 3));
-  bn1 = register_module("bn1", FrozenBatchNorm2d(64));
-  int64_t inplanes = 64;
+  conv1 = register_module("conv1", Conv(3, width, 7, 2, 3));
+  bn1 = register_module("bn1", FrozenBatchNorm2d(width));
+  int64_t inplanes = width;
   for (int s = 0; s < 4; ++s) {
-    const int64_t planes = 64LL << s;
+    const int64_t planes = width << s;
     torch::nn::Sequential stage;
     for (int b = 0; b < blocks[s]; ++b) {
       const int64_t stride = (b == 0 && s > 0) ? 2 : 1;
@@ -177,7 +182,7 @@ ResNetImpl::ResNetImpl(const std::string& arch, std::vector<int> return_indices)
 
 std::vector<int64_t> ResNetImpl::OutChannels() const {
   std::vector<int64_t> channels;
-  for (int idx : return_indices_) channels.push_back(64 * expansion_ << idx);
+  for (int idx : return_indices_) channels.push_back(width_ * expansion_ << idx);
   return channels;
 }
 

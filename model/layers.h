@@ -22,6 +22,12 @@ namespace lpdetr {
 
 // BatchNorm2d with fixed statistics and affine parameters (all buffers, as in
 // the official FrozenBatchNorm2d): y = (x - mean) / sqrt(var + eps) * w + b.
+//
+// Training from scratch sets `batch_statistics`: in training mode the layer
+// then normalises with the batch's statistics and updates running_mean /
+// running_var (momentum `momentum`, as torch's BatchNorm2d), so that the
+// evaluation-mode layer (and every exported model) is the frozen form of what
+// was learned. The trainer makes weight and bias trainable in that case.
 class FrozenBatchNorm2dImpl : public torch::nn::Module {
  public:
   explicit FrozenBatchNorm2dImpl(int64_t channels, double eps = 1e-5);
@@ -31,6 +37,8 @@ class FrozenBatchNorm2dImpl : public torch::nn::Module {
 
   at::Tensor weight, bias, running_mean, running_var;
   double eps;
+  bool batch_statistics = false;
+  double momentum = 0.1;
 };
 TORCH_MODULE(FrozenBatchNorm2d);
 
@@ -89,17 +97,20 @@ TORCH_MODULE(ResidualBlock);
 
 // ResNet-18/34/50/101 trunk without the classifier. Forward returns the
 // outputs of the stages listed in `return_indices` (0 = layer1 .. 3 = layer4).
+// `width` is the stem's channel count (torchvision's 64); stage s has
+// width << s planes, so a smaller width scales every layer down.
 // On the inference fast path the activations (and so the outputs) are
 // channels-last and batch norm is folded into the convolutions.
 class ResNetImpl : public torch::nn::Module {
  public:
-  ResNetImpl(const std::string& arch, std::vector<int> return_indices);
+  ResNetImpl(const std::string& arch, std::vector<int> return_indices, int64_t width = 64);
   std::vector<at::Tensor> forward(const at::Tensor& images);
   std::vector<int64_t> OutChannels() const;
 
  private:
   std::vector<int> return_indices_;
   int64_t expansion_ = 1;
+  int64_t width_ = 64;
   torch::nn::Conv2d conv1{nullptr};
   FrozenBatchNorm2d bn1{nullptr};
   ConvBnFold fold1_;

@@ -40,6 +40,27 @@ TEST(ConfigTest, DefaultsAreTheOfficialR50Setup) {
   EXPECT_EQ(c.relation_heads, 8);
   EXPECT_EQ(ResNet(c.backbone, c.return_indices)->OutChannels(),
             (std::vector<int64_t>{512, 1024, 2048}));
+  EXPECT_EQ(c.backbone_width, 64);
+}
+
+TEST(ConfigTest, BackboneWidthScalesEveryStage) {
+  ModelConfig c = ModelConfig::FromJson({{"backbone", "resnet18"}, {"backbone_width", 32}});
+  EXPECT_EQ(c.backbone_width, 32);
+  EXPECT_EQ(ModelConfig::FromJson(c.ToJson()).backbone_width, 32);
+  EXPECT_EQ(ResNet(c.backbone, c.return_indices, c.backbone_width)->OutChannels(),
+            (std::vector<int64_t>{64, 128, 256}));
+  ResNet narrow("resnet18", std::vector<int>{1, 2, 3}, 32);
+  const auto outs = narrow->forward(at::zeros({1, 3, 64, 64}));
+  ASSERT_EQ(outs.size(), 3u);
+  EXPECT_EQ(outs[0].size(1), 64);
+  EXPECT_EQ(outs[2].size(1), 256);
+  EXPECT_NE(ErrorOf({{"backbone_width", 4}}).find("backbone_width"), std::string::npos);
+  // The default model's configuration (scripts/train_default_model.sh).
+  const ModelConfig shapes =
+      ModelConfig::FromFile(SourceDir() + "/model/configs/lp-detr-shapes.json");
+  EXPECT_EQ(shapes.backbone_width, 32);
+  EXPECT_EQ(shapes.num_classes, 6);
+  EXPECT_EQ(shapes.relation_variant, RelationVariant::kLpDetr);
 }
 
 TEST(ConfigTest, ShippedConfigsParse) {

@@ -5,12 +5,17 @@
 #include <initializer_list>
 #include <map>
 #include <regex>
+#include <set>
 #include <string>
 #include <stdexcept>
 #include <utility>
 
 #include <ATen/ATen.h>
+#include <torch/nn/init.h>
 #include <torch/nn/utils/clip_grad.h>
+
+#include "model/deform_attn.h"
+#include "model/layers.h"
 
 namespace lpdetr::train {
 namespace {
@@ -28,16 +33,41 @@ bool IsOfficiallyFrozen(const std::string& name) {
 
 }  // namespace
 
-void PrepareForTraining(torch::nn::Module& model) {
+const char* BackboneTrainingName(BackboneTraining mode) {
+  return mode == BackboneTraining::kFull ? "full" : "finetune";
+}
+
+BackboneTraining ParseBackboneTraining(const std::string& name) {
+  if (name == "finetune") return BackboneTraining::kFinetune;
+  if (name == "full") return BackboneTraining::kFull;
+  throw std::invalid_argument("backbone training must be 'finetune' or 'full', got '" + name +
+                              "'");
+}
+
+void PrepareForTraining(torch::nn::Module& model, BackboneTraining mode) {
   model.train();
-  for (auto& item : model.named_parameters(/*recurse=*/true)) {
-    if (IsOfficiallyFrozen(item.key())) item.value().set_requires_grad(false);
+  if (mode == BackboneTraining::kFinetune) {
+    for (auto& item : model.named_parameters(/*recurse=*/true)) {
+      if (IsOfficiallyFrozen(item.key())) item.value().set_requires_grad(false);
+    }
+    return;
+  }
+  for (const auto& item : model.named_modules()) {
+    if (item.key().rfind("backbone.", 0) != 0) continue;
+    auto* bn = item.value()->as<FrozenBatchNorm2dImpl>();
+    if (bn == nullptr) continue;
+    bn->batch_statistics = true;
+    bn->weight.set_requires_grad(true);
+    bn->bias.set_requires_grad(true);
   }
 }
 
 std::vector<NamedParameter> TrainableParameters(const torch::nn::Module& model) {
   std::vector<NamedParameter> result;
   for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+    if (item.value().requires_grad()) result.push_back({item.key(), item.value()});
+  }
+  for (const auto& item : model.named_buffers(/*recurse=*/true)) {
     if (item.value().requires_grad()) result.push_back({item.key(), item.value()});
   }
   return result;
@@ -77,20 +107,31 @@ ParameterGroupKind ClassifyParameter(const std::string& name) {
   return norm_or_bias ? ParameterGroupKind::kOtherNorm : ParameterGroupKind::kOther;
 }
 
-std::vector<ParameterGroup> FinetuneBackboneAndLinearProjection(const torch::nn::Module& model) {
+std::vector<ParameterGroup> FinetuneBackboneAndLinearProjection(const torch::nn::Module& model,
+                                                                BackboneTraining mode) {
   std::vector<ParameterGroup> groups(kNumParameterGroups);
   for (int i = 0; i < kNumParameterGroups; ++i) {
     ParameterGroup& g = groups[i];
     g.kind = static_cast<ParameterGroupKind>(i);
-    g.lr_scale = (g.kind == ParameterGroupKind::kOther || g.kind == ParameterGroupKind::kOtherNorm)
+    const bool backbone =
+        g.kind == ParameterGroupKind::kBackbone || g.kind == ParameterGroupKind::kBackboneNorm;
+    g.lr_scale = (g.kind == ParameterGroupKind::kOther || g.kind == ParameterGroupKind::kOtherNorm ||
+                  (backbone && mode == BackboneTraining::kFull))
                      ? 1.0
                      : 0.1;
     g.weight_decay = g.kind == ParameterGroupKind::kOther ||
                      g.kind == ParameterGroupKind::kBackbone ||
                      g.kind == ParameterGroupKind::kLinearProjection;
   }
+  std::set<std::string> trainable_buffers;
+  for (const auto& item : model.named_buffers(/*recurse=*/true)) {
+    if (item.value().requires_grad()) trainable_buffers.insert(item.key());
+  }
   for (NamedParameter& p : TrainableParameters(model)) {
-    groups[static_cast<int>(ClassifyParameter(p.name))].params.push_back(std::move(p));
+    const ParameterGroupKind kind = trainable_buffers.count(p.name)
+                                        ? ParameterGroupKind::kBackboneNorm
+                                        : ClassifyParameter(p.name);
+    groups[static_cast<int>(kind)].params.push_back(std::move(p));
   }
   return groups;
 }
@@ -197,7 +238,20 @@ std::vector<std::string> InitializeClassTensors(torch::nn::Module& model) {
 
 void InitializeForTraining(torch::nn::Module& model) {
   InitializeClassTensors(model);
+  for (const auto& item : model.named_modules()) {
+    if (auto* attn = item.value()->as<MultiScaleDeformableAttentionImpl>()) attn->ResetParameters();
+  }
   at::NoGradGuard no_grad;
+  // Encoder and decoder layers: Xavier-uniform feed-forward weights, and the
+  // decoder self-attention's output projection.
+  static const std::regex kXavier(
+      R"(^transformer\.(?:encoder|decoder)\.layers\.\d+\.(?:linear1|linear2|self_attn\.out_proj)\.weight$)");
+  static const std::regex kZeroBias(
+      R"(^transformer\.decoder\.layers\.\d+\.self_attn\.(?:in_proj_bias|out_proj\.bias)$)");
+  for (auto& item : model.named_parameters(/*recurse=*/true)) {
+    if (std::regex_match(item.key(), kXavier)) torch::nn::init::xavier_uniform_(item.value());
+    if (std::regex_match(item.key(), kZeroBias)) item.value().zero_();
+  }
   // Box heads (MLPs): the decoder layers', the encoder's and the hybrid
   // branch's; the last Linear of each is its highest-numbered `layers.K`.
   static const std::regex kBoxLayer(
@@ -212,6 +266,13 @@ void InitializeForTraining(torch::nn::Module& model) {
   }
   for (auto& item : model.named_parameters(/*recurse=*/true)) {
     const std::string& name = item.key();
+    // Backbone convolutions: torchvision's ResNet init (Kaiming normal,
+    // fan-out, ReLU gain); every other weight keeps its constructor's init.
+    if (name.rfind("backbone.", 0) == 0 && item.value().dim() == 4) {
+      const at::Tensor& w = item.value();
+      const double fan_out = static_cast<double>(w.size(0) * w.size(2) * w.size(3));
+      w.normal_(0.0, std::sqrt(2.0 / fan_out));
+    }
     if (name == "transformer.tgt_embed.weight" || name == "transformer.hybrid_tgt_embed.weight") {
       item.value().normal_(0.0, 1.0);
     }

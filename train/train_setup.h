@@ -3,17 +3,25 @@
 // optimizer with gradient clipping. Shared by `lpdetr-train step-tensor`,
 // `lpdetr-train bench` and the training loop.
 //
-// Frozen parts: the backbone stem (conv1) and layer1 get no gradient
-// (requires_grad false); every batch norm is frozen by construction (its
-// affine tensors and statistics are buffers of the model, not parameters).
+// Backbone training (BackboneTraining):
+//   finetune (the official recipe, for a pretrained backbone): the stem
+//     (conv1) and layer1 get no gradient (requires_grad false); every batch
+//     norm is frozen (its affine tensors and statistics are buffers of the
+//     model, not parameters); backbone groups train at lr x 0.1.
+//   full (training from scratch, where no pretrained backbone exists): every
+//     layer trains; the backbone's batch norms normalise with batch
+//     statistics and keep running ones (FrozenBatchNorm2d::batch_statistics),
+//     their weight and bias are trainable (backbone_norm group, no weight
+//     decay); backbone groups train at the full lr. The evaluation-mode model
+//     is the usual frozen form, so exported models load everywhere.
 //
 // Parameter groups follow the official `finetune_backbone_and_linear_projection`:
 // with substring keywords on the parameter name ("backbone"; linear
 // projections "reference_points" / "sampling_offsets"; norms and biases
 // "norm" / "bias"), six groups in this order:
 //   other                   lr,        weight decay
-//   backbone                lr x 0.1,  weight decay
-//   backbone_norm           lr x 0.1,  no weight decay
+//   backbone                lr x 0.1,  weight decay      (full: lr)
+//   backbone_norm           lr x 0.1,  no weight decay   (full: lr)
 //   linear_projection       lr x 0.1,  weight decay
 //   linear_projection_norm  lr x 0.1,  no weight decay
 //   other_norm              lr,        no weight decay
@@ -36,16 +44,26 @@
 
 namespace lpdetr::train {
 
-// Puts `model` in training mode and freezes the official parts (see above).
-void PrepareForTraining(torch::nn::Module& model);
+enum class BackboneTraining { kFinetune, kFull };
+
+// "finetune" / "full".
+const char* BackboneTrainingName(BackboneTraining mode);
+// Throws std::invalid_argument naming `name` when it is neither.
+BackboneTraining ParseBackboneTraining(const std::string& name);
+
+// Puts `model` in training mode and sets up its backbone for `mode` (see
+// above).
+void PrepareForTraining(torch::nn::Module& model,
+                        BackboneTraining mode = BackboneTraining::kFinetune);
 
 struct NamedParameter {
   std::string name;
   at::Tensor tensor;
 };
 
-// The parameters of `model` that require a gradient, with their full names,
-// in registration order.
+// The tensors of `model` that require a gradient, with their full names:
+// parameters in registration order, then buffers made trainable by
+// BackboneTraining::kFull (batch-norm weights and biases).
 std::vector<NamedParameter> TrainableParameters(const torch::nn::Module& model);
 
 enum class ParameterGroupKind {
@@ -72,7 +90,9 @@ struct ParameterGroup {
 
 // The six groups of `model`'s trainable parameters, in the order above
 // (index = ParameterGroupKind).
-std::vector<ParameterGroup> FinetuneBackboneAndLinearProjection(const torch::nn::Module& model);
+// Trainable batch-norm tensors (buffers) go to backbone_norm.
+std::vector<ParameterGroup> FinetuneBackboneAndLinearProjection(
+    const torch::nn::Module& model, BackboneTraining mode = BackboneTraining::kFinetune);
 
 // Optimizer constants; the defaults are the official configuration.
 struct OptimizerOptions {
@@ -119,8 +139,13 @@ std::vector<std::string> InitializeClassTensors(torch::nn::Module& model);
 
 // The official initial values of the parts a fresh model (trained from a
 // configuration, not a checkpoint) needs beyond LibTorch's defaults: the class
-// tensors above, the query embeddings standard normal, and the last layer of
-// the encoder and hybrid box heads zero.
+// tensors above, the query embeddings standard normal, the last layer of
+// the encoder and hybrid box heads zero, every deformable attention's
+// official init (MultiScaleDeformableAttentionImpl::ResetParameters: the
+// directional sampling pattern, uniform attention), Xavier-uniform
+// feed-forward weights in the encoder and decoder layers and the decoder
+// self-attention's projections, and the backbone convolutions torchvision's
+// ResNet init (Kaiming normal, fan-out, ReLU gain).
 void InitializeForTraining(torch::nn::Module& model);
 
 }  // namespace lpdetr::train

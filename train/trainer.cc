@@ -92,12 +92,21 @@ void ReplaceDirectory(const fs::path& source, const fs::path& target) {
   fs::remove_all(old);
 }
 
+// The storage dtype named by TrainConfig::export_dtype.
+at::ScalarType ExportDtype(const std::string& name) {
+  if (name == "fp32") return at::kFloat;
+  if (name == "fp16") return at::kHalf;
+  if (name == "bf16") return at::kBFloat16;
+  throw std::invalid_argument("export dtype must be fp32, fp16 or bf16, got '" + name + "'");
+}
+
 // Writes a model directory under a temporary name, then moves it into place.
 void WriteModelDirectory(const fs::path& target, const ModelConfig& config,
-                         const torch::nn::Module& module, const nlohmann::json* metrics) {
+                         const torch::nn::Module& module, const nlohmann::json* metrics,
+                         const std::string& dtype) {
   const fs::path tmp = target.string() + ".tmp";
   fs::remove_all(tmp);
-  SaveModelDir(tmp.string(), config, module);
+  SaveModelDir(tmp.string(), config, module, ExportDtype(dtype));
   if (metrics) WriteTextAtomically((tmp / "metrics.json").string(), metrics->dump(2) + "\n");
   ReplaceDirectory(tmp, target);
 }
@@ -145,6 +154,10 @@ class Trainer {
   void RestoreCheckpoint();
   RunResult Loop();
   RunResult TrainOneStep(int64_t batches);
+  // The base learning rate of the next step (schedule and warm-up), and
+  // setting every group's rate from it.
+  double LearningRate() const;
+  void SetLearningRates();
   void Evaluate();
   void FinishRun();
   void WritePlots();
@@ -277,8 +290,9 @@ void Trainer::LoadRunModel() {
 }
 
 void Trainer::SetUpOptimization() {
-  PrepareForTraining(*model_);
-  groups_ = FinetuneBackboneAndLinearProjection(*model_);
+  const BackboneTraining backbone = ParseBackboneTraining(config_.backbone_training);
+  PrepareForTraining(*model_, backbone);
+  groups_ = FinetuneBackboneAndLinearProjection(*model_, backbone);
   params_ = GroupTensors(groups_);
   optimizer_ = MakeAdamW(groups_, config_.optimizer);
   CriterionOptions criterion_options;
@@ -348,6 +362,10 @@ void Trainer::RestoreCheckpoint() {
 
 RunResult Trainer::Start() {
   config_.Validate();
+  if (config_.backbone_training.empty()) {
+    config_.backbone_training = BackboneTrainingName(
+        config_.base_model.empty() ? BackboneTraining::kFull : BackboneTraining::kFinetune);
+  }
   LoadDatasets();  // every dataset problem before anything is written
   if (fs::exists(run_dir_) && !fs::is_empty(run_dir_)) {
     throw std::invalid_argument("output directory " + run_dir_ +
@@ -386,6 +404,8 @@ RunResult Trainer::Resume() {
   const int64_t max_steps_override = config_.max_steps;
   config_ = TrainConfig::FromJson(ReadJsonFile(run_json));
   if (max_steps_override > 0) config_.max_steps = max_steps_override;
+  // Runs recorded before the setting existed fine-tuned.
+  if (config_.backbone_training.empty()) config_.backbone_training = "finetune";
   config_.Validate();
   LoadDatasets();
   LoadRunModel();
@@ -400,8 +420,22 @@ RunResult Trainer::Resume() {
   return Loop();
 }
 
+double Trainer::LearningRate() const {
+  return config_.optimizer.lr * config_.schedule.Factor(state_.epoch, state_.step);
+}
+
+void Trainer::SetLearningRates() {
+  const double lr = LearningRate();
+  for (size_t g = 0; g < optimizer_->param_groups().size(); ++g) {
+    auto& opts = static_cast<torch::optim::AdamWOptions&>(optimizer_->param_groups()[g].options());
+    opts.lr(lr * groups_[g].lr_scale);
+  }
+}
+
 RunResult Trainer::TrainOneStep(int64_t batches) {
   const auto t0 = std::chrono::steady_clock::now();
+  SetLearningRates();
+  const double lr = LearningRate();
   double loss_sum = 0;
   std::vector<std::pair<std::string, double>> losses;
   int64_t images = 0;
@@ -467,7 +501,7 @@ RunResult Trainer::TrainOneStep(int64_t batches) {
     e.loss = loss_sum;
     e.losses = std::move(losses);
     e.losses.emplace_back("grad_norm", grad_norm);
-    e.lr = config_.optimizer.lr * config_.schedule.Factor(state_.epoch);
+    e.lr = lr;
     e.images_per_s = seconds > 0 ? static_cast<double>(images) / seconds : 0.0;
     e.eta_s = mean_step_seconds_ * static_cast<double>(TotalSteps() - state_.step);
     progress_->Report(e);
@@ -512,7 +546,8 @@ void Trainer::Evaluate() {
     state_.best = entry;
     nlohmann::json metrics = {{"metric", config_.best_metric}, {"epoch", state_.epoch},
                               {"step", state_.step}, {"stats", stats}};
-    WriteModelDirectory(fs::path(run_dir_) / "best", model_config_, *EvalModel(), &metrics);
+    WriteModelDirectory(fs::path(run_dir_) / "best", model_config_, *EvalModel(), &metrics,
+                        config_.export_dtype);
   }
 }
 
@@ -521,11 +556,6 @@ RunResult Trainer::Loop() {
     if (state_.eval_pending) Evaluate();
     while (!RunComplete()) {
       model_->train();
-      const double factor = config_.schedule.Factor(state_.epoch);
-      for (size_t g = 0; g < optimizer_->param_groups().size(); ++g) {
-        auto& opts = static_cast<torch::optim::AdamWOptions&>(optimizer_->param_groups()[g].options());
-        opts.lr(config_.optimizer.lr * groups_[g].lr_scale * factor);
-      }
       loader_->StartEpoch(state_.epoch, state_.batch_in_epoch);
       while (state_.batch_in_epoch < loader_->batches_per_epoch() && !RunComplete()) {
         const int64_t batches = std::min(config_.accumulate_steps,
@@ -576,7 +606,8 @@ void Trainer::FinishRun() {
                               state_.eval_history.back()["step"].get<int64_t>() == state_.step;
   if (val_set_ && !evaluated_last) Evaluate();
   WriteCheckpointNow();
-  WriteModelDirectory(fs::path(run_dir_) / "model", model_config_, *EvalModel(), nullptr);
+  WriteModelDirectory(fs::path(run_dir_) / "model", model_config_, *EvalModel(), nullptr,
+                      config_.export_dtype);
   nlohmann::json metrics = {{"metric", config_.best_metric},
                             {"steps", state_.step},
                             {"epochs", state_.epoch},
@@ -648,6 +679,8 @@ nlohmann::json TrainConfig::ToJson() const {
       {"val_images", val_images},
       {"base_model", base_model},
       {"model_config", model_config},
+      {"backbone_training", backbone_training},
+      {"export_dtype", export_dtype},
       {"epochs", epochs},
       {"batch_size", batch_size},
       {"accumulate_steps", accumulate_steps},
@@ -659,6 +692,7 @@ nlohmann::json TrainConfig::ToJson() const {
       {"max_grad_norm", optimizer.max_grad_norm},
       {"lr_milestones", schedule.milestones},
       {"lr_gamma", schedule.gamma},
+      {"lr_warmup_steps", schedule.warmup_steps},
       {"ema", ema},
       {"ema_decay", ema_options.decay},
       {"ema_warmup_steps", ema_options.warmup_steps},
@@ -690,6 +724,8 @@ TrainConfig TrainConfig::FromJson(const nlohmann::json& j) {
   Read(j, "val_images", &c.val_images);
   Read(j, "base_model", &c.base_model);
   Read(j, "model_config", &c.model_config);
+  Read(j, "backbone_training", &c.backbone_training);
+  Read(j, "export_dtype", &c.export_dtype);
   Read(j, "epochs", &c.epochs);
   Read(j, "batch_size", &c.batch_size);
   Read(j, "accumulate_steps", &c.accumulate_steps);
@@ -706,6 +742,7 @@ TrainConfig TrainConfig::FromJson(const nlohmann::json& j) {
   Read(j, "max_grad_norm", &c.optimizer.max_grad_norm);
   Read(j, "lr_milestones", &c.schedule.milestones);
   Read(j, "lr_gamma", &c.schedule.gamma);
+  Read(j, "lr_warmup_steps", &c.schedule.warmup_steps);
   Read(j, "ema", &c.ema);
   Read(j, "ema_decay", &c.ema_options.decay);
   Read(j, "ema_warmup_steps", &c.ema_options.warmup_steps);
@@ -757,6 +794,8 @@ void TrainConfig::Validate() const {
   for (const char* name : CocoEvalResult::kStatNames) known_metric |= best_metric == name;
   need(known_metric, "best metric '" + best_metric + "' is not one of the 12 COCO stats (AP, "
                      "AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl)");
+  if (!backbone_training.empty()) ParseBackboneTraining(backbone_training);
+  ExportDtype(export_dtype);
   schedule.Validate();
   if (ema) ema_options.Validate();
   if (!augment_options.scales.empty()) augment_options.Validate();

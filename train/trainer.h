@@ -52,6 +52,12 @@ struct TrainConfig {
   std::string val_annotations, val_images;  // optional (both or neither)
   std::string base_model;    // a model directory to fine-tune, or
   std::string model_config;  // a configuration to train from scratch
+  // "finetune" or "full" (train_setup.h); empty: finetune for a base model,
+  // full from a configuration. The run records the resolved value.
+  std::string backbone_training;
+  // Storage of the float tensors of model/ and best/: fp32, fp16 or bf16
+  // (the model computes in fp32 either way; fp16 halves the files).
+  std::string export_dtype = "fp32";
   int64_t epochs = 12;
   int64_t batch_size = 2;
   int64_t accumulate_steps = 1;

@@ -176,7 +176,9 @@ class ThirtyStepRun(TrainCase):
 
     def test_loss_falls_and_every_output_is_written(self):
         run = os.path.join(self.tmp, "run30")
-        p = self.train(run, "--epochs", "8", "--max-steps", "30", "--lr", "2e-4")
+        # From a configuration the whole backbone trains (batch statistics):
+        # the scratch rate of the default model's recipe, 5e-4.
+        p = self.train(run, "--epochs", "8", "--max-steps", "30", "--lr", "5e-4")
         events = read_events(run)
         kinds = [e["event"] for e in events]
         self.assertEqual(kinds[0], "start")
@@ -446,6 +448,64 @@ class ClassHeads(TrainCase):
         self.assertEqual(sorted(base), sorted(step0))
         for name in base:
             np.testing.assert_array_equal(step0[name], base[name], err_msg=name)
+
+
+def safetensors_dtypes(path):
+    """{name: dtype string} from a safetensors header."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    return {k: v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
+class RecipeOptions(TrainCase):
+    """--backbone-training by source (full from a config, finetune from a
+    model) and its effect on the backbone; --lr-warmup-steps in the step
+    events; --export-dtype fp16 for model/ and best/ (and still servable)."""
+
+    def test_scratch_run_trains_the_backbone_warms_up_and_exports_fp16(self):
+        run = os.path.join(self.tmp, "scratch")
+        self.train(run, "--max-steps", "3", "--lr", "4e-4", "--lr-warmup-steps", "4",
+                   "--export-dtype", "fp16")
+        settings = load_json(os.path.join(run, "run.json"))
+        self.assertEqual(settings["backbone_training"], "full")
+        self.assertEqual(settings["lr_warmup_steps"], 4)
+        self.assertEqual(settings["export_dtype"], "fp16")
+        lrs = [e["lr"] for e in read_events(run) if e["event"] == "step"]
+        np.testing.assert_allclose(lrs, [1e-4, 2e-4, 3e-4], rtol=1e-9)
+        # The stem and the batch norms trained (batch statistics, trainable affines).
+        step0 = read_safetensors(os.path.join(run, "checkpoints", "step-00000000",
+                                              "weights.safetensors"))
+        last = read_safetensors(os.path.join(self.latest_checkpoint(run), "weights.safetensors"))
+        for name in ("backbone.conv1.weight", "backbone.bn1.weight", "backbone.bn1.running_mean",
+                     "backbone.layer1.0.bn1.bias"):
+            self.assertGreater(np.abs(last[name] - step0[name]).max(), 0, name)
+        for sub in ("model", "best"):
+            dtypes = safetensors_dtypes(os.path.join(run, sub, "weights.safetensors"))
+            floats = {d for d in dtypes.values() if d.startswith(("F", "BF"))}
+            self.assertEqual(floats, {"F16"}, sub)
+        det = subprocess.run([ARGS.model_binary, "detect", "--model", os.path.join(run, "model"),
+                              "--image", os.path.join(self.tmp, "val", "img", "im000.png")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+        self.assertEqual(det.returncode, 0, det.stderr)
+
+    def test_finetuning_keeps_the_official_frozen_backbone(self):
+        run = os.path.join(self.tmp, "finetune")
+        self.train(run, "--max-steps", "1", model=ARGS.base_model, val=False)
+        self.assertEqual(load_json(os.path.join(run, "run.json"))["backbone_training"],
+                         "finetune")
+        step0 = read_safetensors(os.path.join(run, "checkpoints", "step-00000000",
+                                              "weights.safetensors"))
+        last = read_safetensors(os.path.join(self.latest_checkpoint(run), "weights.safetensors"))
+        for name in ("backbone.conv1.weight", "backbone.bn1.weight", "backbone.bn1.running_mean"):
+            np.testing.assert_array_equal(last[name], step0[name], err_msg=name)
+
+    def test_bad_values_are_usage_errors(self):
+        for flags in (("--export-dtype", "int8"), ("--backbone-training", "frozen"),
+                      ("--lr-warmup-steps", "-1")):
+            p = self.train(os.path.join(self.tmp, "bad"), *flags, expect=2)
+            self.assertIn(flags[1], p.stderr)
+            self.assertFalse(os.path.exists(os.path.join(self.tmp, "bad", "run.json")))
 
 
 def main():

@@ -3,6 +3,7 @@
 // the AdamW optimizer built from them, gradient clipping and clearing.
 #include "train/train_setup.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <set>
@@ -15,6 +16,8 @@
 
 #include "model/config.h"
 #include "model/detector.h"
+#include "model/deform_attn.h"
+#include "model/layers.h"
 
 namespace lpdetr::train {
 namespace {
@@ -39,6 +42,10 @@ std::map<std::string, at::Tensor> AllParameters(const torch::nn::Module& m) {
   std::map<std::string, at::Tensor> all;
   for (const auto& item : m.named_parameters(/*recurse=*/true)) all[item.key()] = item.value();
   return all;
+}
+
+bool EndsWithName(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 bool Frozen(const std::string& name) {
@@ -168,6 +175,111 @@ TEST_F(PreparedModel, ParametersLandInTheOfficialGroups) {
             static_cast<size_t>(c.enc_layers + c.dec_layers));
   EXPECT_EQ(groups[static_cast<int>(ParameterGroupKind::kLinearProjectionNorm)].params.size(),
             static_cast<size_t>(c.enc_layers + c.dec_layers));
+}
+
+// Training from scratch: nothing frozen, the backbone's batch norms trainable
+// (in backbone_norm, full lr, no decay), batch statistics in training mode
+// that move the running ones, and the frozen form in evaluation mode.
+TEST(FullBackboneTraining, EveryLayerTrainsAndBatchNormsUseBatchStatistics) {
+  torch::manual_seed(0);
+  ModelConfig config = TinyConfig();
+  config.backbone_width = 16;
+  LpDetr model(config);
+  PrepareForTraining(*model, BackboneTraining::kFull);
+  for (const auto& [name, p] : AllParameters(*model)) EXPECT_TRUE(p.requires_grad()) << name;
+  int64_t norms = 0;
+  std::set<std::string> norm_names;
+  for (const auto& item : model->named_buffers()) {
+    const bool affine = item.key().rfind("backbone.", 0) == 0 &&
+                        (EndsWithName(item.key(), ".weight") || EndsWithName(item.key(), ".bias"));
+    EXPECT_EQ(item.value().requires_grad(), affine) << item.key();
+    if (affine) norm_names.insert(item.key()), ++norms;
+  }
+  // resnet18: the stem's norm, 8 blocks x 2 and 3 downsample norms; weight + bias.
+  EXPECT_EQ(norms, 2 * (1 + 16 + 3));
+
+  const auto groups = FinetuneBackboneAndLinearProjection(*model, BackboneTraining::kFull);
+  const ParameterGroup& bn = groups[static_cast<int>(ParameterGroupKind::kBackboneNorm)];
+  const ParameterGroup& conv = groups[static_cast<int>(ParameterGroupKind::kBackbone)];
+  EXPECT_EQ(bn.params.size(), norm_names.size());
+  for (const NamedParameter& p : bn.params) EXPECT_TRUE(norm_names.count(p.name)) << p.name;
+  EXPECT_DOUBLE_EQ(bn.lr_scale, 1.0);
+  EXPECT_FALSE(bn.weight_decay);
+  EXPECT_DOUBLE_EQ(conv.lr_scale, 1.0);
+  EXPECT_DOUBLE_EQ(groups[static_cast<int>(ParameterGroupKind::kLinearProjection)].lr_scale, 0.1);
+  // Fine-tuning keeps the official x0.1.
+  LpDetr finetuned(config);
+  PrepareForTraining(*finetuned);
+  EXPECT_DOUBLE_EQ(FinetuneBackboneAndLinearProjection(*finetuned)[static_cast<int>(
+                       ParameterGroupKind::kBackbone)].lr_scale, 0.1);
+
+  // Training mode: batch statistics (zero-mean output per channel whatever
+  // the running ones), running statistics pulled towards the batch's.
+  auto& stem = *model->backbone->named_modules()["bn1"]->as<FrozenBatchNorm2dImpl>();
+  const at::Tensor x = at::randn({2, config.backbone_width, 6, 6}) * 3 + 5;
+  const at::Tensor y = stem.forward(x);
+  EXPECT_LT(y.mean({0, 2, 3}).abs().max().item<double>(), 1e-4);
+  EXPECT_GT(stem.running_mean.min().item<double>(), 0.1);  // 0.1 x ~5 after one step
+  y.sum().backward();
+  EXPECT_TRUE(stem.weight.grad().defined());
+  // Evaluation mode: the frozen formula with the running statistics.
+  stem.eval();
+  at::NoGradGuard no_grad;
+  const auto [scale, shift] = stem.ScaleShift();
+  EXPECT_TRUE(at::allclose(stem.forward(x), x * scale.view({1, -1, 1, 1}) + shift.view({1, -1, 1, 1})));
+  EXPECT_THROW(ParseBackboneTraining("frozen"), std::invalid_argument);
+  EXPECT_EQ(ParseBackboneTraining(BackboneTrainingName(BackboneTraining::kFull)),
+            BackboneTraining::kFull);
+}
+
+// From a configuration every deformable attention gets the official init:
+// zero offset weights and the directional pattern as bias, uniform attention,
+// Xavier projections with zero biases; FFN weights Xavier-uniform.
+TEST(InitializeForTraining, OfficialDeformableAttentionAndFeedForwardInit) {
+  torch::manual_seed(0);
+  const ModelConfig config = TinyConfig();
+  LpDetr model(config);
+  InitializeForTraining(*model);
+  const int64_t heads = config.num_heads, levels = config.num_feature_levels,
+                points = config.num_points;
+  int modules = 0;
+  for (const auto& item : model->named_modules()) {
+    auto* attn = item.value()->as<MultiScaleDeformableAttentionImpl>();
+    if (attn == nullptr) continue;
+    ++modules;
+    SCOPED_TRACE(item.key());
+    EXPECT_EQ(attn->sampling_offsets->weight.abs().max().item<float>(), 0.0f);
+    EXPECT_EQ(attn->attention_weights->weight.abs().max().item<float>(), 0.0f);
+    EXPECT_EQ(attn->attention_weights->bias.abs().max().item<float>(), 0.0f);
+    EXPECT_EQ(attn->value_proj->bias.abs().max().item<float>(), 0.0f);
+    const at::Tensor bias = attn->sampling_offsets->bias.view({heads, levels, points, 2});
+    for (int64_t h = 0; h < heads; ++h) {
+      const double angle = 2 * M_PI * static_cast<double>(h) / static_cast<double>(heads);
+      const double c = std::cos(angle), s = std::sin(angle);
+      const double norm = std::max(std::abs(c), std::abs(s));
+      for (int64_t l = 0; l < levels; ++l) {
+        for (int64_t p = 0; p < points; ++p) {
+          EXPECT_NEAR(bias[h][l][p][0].item<double>(), c / norm * (p + 1), 1e-5);
+          EXPECT_NEAR(bias[h][l][p][1].item<double>(), s / norm * (p + 1), 1e-5);
+        }
+      }
+    }
+    const at::Tensor& w = attn->output_proj->weight;
+    const double bound = std::sqrt(6.0 / static_cast<double>(w.size(0) + w.size(1)));
+    EXPECT_LE(w.abs().max().item<double>(), bound);
+    EXPECT_GT(w.abs().max().item<double>(), 0.9 * bound);
+  }
+  EXPECT_EQ(modules, config.enc_layers + config.dec_layers);
+  for (const auto& item : model->named_parameters()) {
+    const std::string& name = item.key();
+    if (name.find(".linear1.weight") == std::string::npos || name.rfind("transformer.", 0) != 0) {
+      continue;
+    }
+    const at::Tensor& w = item.value();
+    const double bound = std::sqrt(6.0 / static_cast<double>(w.size(0) + w.size(1)));
+    EXPECT_LE(w.abs().max().item<double>(), bound) << name;
+    EXPECT_GT(w.abs().max().item<double>(), 0.9 * bound) << name;
+  }
 }
 
 TEST(ClassifyParameter, KeywordRules) {

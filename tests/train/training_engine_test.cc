@@ -340,6 +340,16 @@ TEST(MultiStepLr, FactorsAndValidation) {
   MultiStepLr official;  // [10], 0.1 over 12 epochs
   EXPECT_DOUBLE_EQ(official.Factor(9), 1.0);
   EXPECT_NEAR(official.Factor(10), 0.1, 1e-15);
+  // Warm-up: (step + 1) / N over the first N steps, times the epoch factor.
+  s.warmup_steps = 4;
+  EXPECT_DOUBLE_EQ(s.Factor(0, 0), 0.25);
+  EXPECT_DOUBLE_EQ(s.Factor(0, 3), 1.0);
+  EXPECT_DOUBLE_EQ(s.Factor(2, 1), 0.5 * 0.5);
+  EXPECT_DOUBLE_EQ(s.Factor(2, 100), 0.5);
+  s.warmup_steps = -1;
+  EXPECT_THROW(s.Validate(), std::invalid_argument);
+  s.warmup_steps = 0;
+  EXPECT_DOUBLE_EQ(s.Factor(0, 0), 1.0);
   s.milestones = {4, 2};
   EXPECT_THROW(s.Validate(), std::invalid_argument);
   s.milestones = {2};
@@ -394,7 +404,13 @@ TEST(TrainConfig, JsonRoundTripAndValidation) {
   c.ema = true;
   c.schedule.milestones = {1, 2};
   c.augment_options.scales = {96, 128};
+  c.schedule.warmup_steps = 7;
+  c.backbone_training = "full";
+  c.export_dtype = "fp16";
   const TrainConfig back = TrainConfig::FromJson(c.ToJson());
+  EXPECT_EQ(back.schedule.warmup_steps, 7);
+  EXPECT_EQ(back.backbone_training, "full");
+  EXPECT_EQ(back.export_dtype, "fp16");
   EXPECT_EQ(back.ToJson(), c.ToJson());
   EXPECT_NO_THROW(back.Validate());
   TrainConfig bad = c;
@@ -402,6 +418,12 @@ TEST(TrainConfig, JsonRoundTripAndValidation) {
   EXPECT_THROW(bad.Validate(), std::invalid_argument);
   bad = c;
   bad.best_metric = "mAP";
+  EXPECT_THROW(bad.Validate(), std::invalid_argument);
+  bad = c;
+  bad.backbone_training = "frozen";
+  EXPECT_THROW(bad.Validate(), std::invalid_argument);
+  bad = c;
+  bad.export_dtype = "int8";
   EXPECT_THROW(bad.Validate(), std::invalid_argument);
   bad = c;
   bad.val_annotations = "v.json";  // without images

@@ -43,11 +43,16 @@ Schedule:
   --batch-size         images per batch (default 2)
   --accumulate-steps   batches per optimizer step (default 1)
   --max-steps          end the run after this many optimizer steps (default 0: no limit)
-  --lr                 base learning rate (default 1e-4; backbone and the
-                       attention's linear projections train at lr x 0.1)
+  --lr                 base learning rate (default 1e-4; the attention's linear
+                       projections, and a fine-tuned backbone, train at lr x 0.1)
   --weight-decay       AdamW weight decay (default 1e-4)
   --lr-milestones      epochs where lr is multiplied by --lr-gamma (default 10)
   --lr-gamma           (default 0.1)
+  --lr-warmup-steps    linear warm-up over the first N steps (default 0: none)
+  --backbone-training  finetune: stem and layer1 frozen, batch norms frozen,
+                       backbone at lr x 0.1 (the official recipe; default with
+                       --model); full: every layer trained, batch norms on batch
+                       statistics, backbone at lr (default with --config)
   --max-grad-norm      gradient clipping (default 0.1; 0 disables)
   --ema                1: keep an exponential moving average of the weights,
                        evaluated and exported instead of the raw weights (default 0)
@@ -58,6 +63,8 @@ Evaluation and checkpoints:
   --eval-batch-size    images per evaluation batch (default 1)
   --checkpoint-every   checkpoint every N steps (default 0: after every epoch)
   --keep-checkpoints   checkpoints kept (default 2; best/ is separate and kept)
+  --export-dtype       storage of model/ and best/ weights: fp32 (default),
+                       fp16 or bf16 (half the size; computed in fp32)
 Augmentation (the official presets.detr):
   --augment            detr (default) or none (resize to the model's size only)
   --scales             shortest-side sizes, comma-separated (default: the
@@ -145,6 +152,9 @@ TrainConfig ParseTrainConfig(const CommandFlags& flags) {
   c.optimizer.max_grad_norm = flags.Double("max-grad-norm", c.optimizer.max_grad_norm);
   c.schedule.milestones = flags.IntList("lr-milestones", c.schedule.milestones);
   c.schedule.gamma = flags.Double("lr-gamma", c.schedule.gamma);
+  c.schedule.warmup_steps = flags.Int("lr-warmup-steps", c.schedule.warmup_steps);
+  c.backbone_training = flags.Str("backbone-training", "");
+  c.export_dtype = flags.Str("export-dtype", c.export_dtype);
   c.ema = flags.Bool("ema", c.ema);
   c.ema_options.decay = flags.Double("ema-decay", c.ema_options.decay);
   c.ema_options.warmup_steps = flags.Double("ema-warmup-steps", c.ema_options.warmup_steps);
@@ -185,7 +195,7 @@ int RunTrain(int argc, char** argv) {
       argc, argv,
       {"train-annotations", "train-images", "val-annotations", "val-images", "model", "config",
        "output", "epochs", "batch-size", "accumulate-steps", "max-steps", "lr", "weight-decay",
-       "lr-milestones", "lr-gamma", "max-grad-norm", "ema", "ema-decay", "ema-warmup-steps",
+       "lr-milestones", "lr-gamma", "lr-warmup-steps", "backbone-training", "export-dtype", "max-grad-norm", "ema", "ema-decay", "ema-warmup-steps",
        "eval-every", "best-metric", "eval-batch-size", "checkpoint-every", "keep-checkpoints",
        "augment", "scales", "max-size", "seed", "workers", "prefetch", "threads", "precision",
        "progress", "log-every", "stop-after-steps"});
