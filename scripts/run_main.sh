@@ -1,32 +1,26 @@
 #!/usr/bin/env bash
 # Fresh machine -> a real detection through the service: installs what is
-# missing, builds, converts the official-format fixture checkpoint into the
-# default model directory (build/models/lp-detr-tiny), starts lpdetr-server on
-# loopback, waits until it is SERVING, runs `lpdetr-client detect` on the
-# bundled sample image (COCO-format JSON on stdout, boxes drawn into
-# build/main_job/), lists the model, and stops the server with SIGTERM.
-# Env: LPDETR_FIXTURES_DIR (default ../shared/fixtures), IMAGE, MODEL_DIR,
-#      PORT (default 50051), METRICS_PORT (default 9464), SCORE_THRESHOLD.
+# missing, builds, starts lpdetr-server on loopback with the embedded default
+# model (models/lp-detr-shapes, found from the binary's location), waits until
+# it is SERVING, lists the model, runs `lpdetr-client detect` on the bundled
+# sample image (COCO-format JSON on stdout, boxes drawn into build/main_job/),
+# and stops the server with SIGTERM.
+# Env: IMAGE, MODEL_DIR (another model directory), PORT (default 50051),
+#      METRICS_PORT (default 9464), SCORE_THRESHOLD (default 0.5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 scripts/build.sh
 BUILD_DIR="${BUILD_DIR:-build}"
-FIXTURES="${LPDETR_FIXTURES_DIR:-../shared/fixtures}"
-MODEL_DIR="${MODEL_DIR:-$BUILD_DIR/models/lp-detr-tiny}"
+MODEL_ARGS=()
+if [ -n "${MODEL_DIR:-}" ]; then MODEL_ARGS=(--model_dir "$MODEL_DIR"); fi
 IMAGE="${IMAGE:-tests/data/shapes_sample.png}"
 PORT="${PORT:-50051}"
 METRICS_PORT="${METRICS_PORT:-9464}"
 OUT_DIR="$BUILD_DIR/main_job"
-if [ ! -f "$MODEL_DIR/weights.safetensors" ]; then
-  /usr/bin/python3 tools/convert_checkpoint.py \
-    --checkpoint "$FIXTURES/lp-detr-tiny/checkpoint.pth" \
-    --reference-config "$FIXTURES/lp-detr-tiny/reference_config.json" \
-    --output "$MODEL_DIR" --force
-fi
 mkdir -p "$OUT_DIR"
 
-"$BUILD_DIR/bin/lpdetr-server" --model_dir "$MODEL_DIR" \
+"$BUILD_DIR/bin/lpdetr-server" "${MODEL_ARGS[@]}" \
   --grpc_address "127.0.0.1:$PORT" --metrics_address "127.0.0.1:$METRICS_PORT" \
   2> "$OUT_DIR/server.log" &
 SERVER_PID=$!

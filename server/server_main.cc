@@ -34,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "model/default_model.h"
 #include "model/runtime.h"
 #include "server/call_tracker.h"
 #include "server/detection_service.h"
@@ -49,7 +50,8 @@ ABSL_FLAG(std::string, grpc_address, "0.0.0.0:50051", "gRPC listen address host:
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
           "Prometheus /metrics listen address host:port (port 0: any; empty: off)");
 ABSL_FLAG(std::string, model_dir, "",
-          "Model directory (default: <binary dir>/../models/lp-detr-tiny)");
+          "Model directory (default: the embedded lp-detr-shapes model, found from the "
+          "binary's location: <bin>/../share/lpdetr/models/lp-detr-shapes)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(int32_t, max_batch_size, 8, "Most images per inference batch");
 ABSL_FLAG(int64_t, max_queue_delay_us, 2000,
@@ -139,13 +141,6 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* flag) 
   return ss.str();
 }
 
-std::string DefaultModelDir() {
-  std::error_code ec;
-  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-  const std::filesystem::path bin = ec ? std::filesystem::current_path() : exe.parent_path();
-  return (bin / ".." / "models" / "lp-detr-tiny").lexically_normal().string();
-}
-
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials() {
   const std::string cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key);
   const std::string ca = absl::GetFlag(FLAGS_tls_ca);
@@ -218,7 +213,13 @@ int Main(int argc, char** argv) {
     }
   }
   std::string model_dir = absl::GetFlag(FLAGS_model_dir);
-  if (model_dir.empty()) model_dir = DefaultModelDir();
+  if (model_dir.empty()) {
+    try {
+      model_dir = FindDefaultModelDir();
+    } catch (const std::exception& e) {
+      return Fail(absl::NotFoundError(e.what()), "model");
+    }
+  }
   const int intra_op = absl::GetFlag(FLAGS_intra_op_threads);
   if (intra_op < 0) {
     return Fail(absl::InvalidArgumentError(
@@ -270,9 +271,8 @@ int Main(int argc, char** argv) {
   if (!std::filesystem::exists(std::filesystem::path(model_dir) / "config.json")) {
     return Fail(absl::NotFoundError(absl::StrCat(
                     "model directory '", model_dir,
-                    "' has no config.json: pass --model_dir, or create the default model with "
-                    "scripts/run_main.sh (it converts the fixture checkpoint there with "
-                    "tools/convert_checkpoint.py)")),
+                    "' has no config.json: pass --model_dir DIR (a model directory, see "
+                    "lpdetr-model info), or leave it out to serve the embedded default model")),
                 "model");
   }
   ApplyNumerics(Numerics::kFast, intra_op);

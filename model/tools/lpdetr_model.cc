@@ -2,7 +2,7 @@
 //
 //   lpdetr-model run-tensor --model DIR --input in.safetensors --output out.safetensors
 //   lpdetr-model bench --config CONFIG.json --height H --width W --iters N [--batch B]
-//   lpdetr-model detect --model DIR --image FILE [--score-threshold T] [--max-detections N]
+//   lpdetr-model detect [--model DIR] --image FILE [--score-threshold T] [--max-detections N]
 //   lpdetr-model info (--model DIR | --config CONFIG.json)
 //
 // Common flags: --threads N (intra-op threads, default: all cores),
@@ -26,6 +26,7 @@
 
 #include "model/config.h"
 #include "model/detector.h"
+#include "model/default_model.h"
 #include "model/model_dir.h"
 #include "model/ops/cpu_isa.h"
 #include "model/preprocess.h"
@@ -53,7 +54,7 @@ commands:
       stage of the forward pass. --ops overrides the operator backend of the
       numerics mode (composed: the reference float operations, no custom
       kernels, no folded/blocked inference paths) to compare the two.
-  detect --model DIR --image FILE [--score-threshold T] [--max-detections N]
+  detect [--model DIR] --image FILE [--score-threshold T] [--max-detections N]
       Decodes, resizes, normalizes and detects; prints JSON detections.
   info (--model DIR | --config CONFIG.json)
       Prints the configuration, the parameter count and alpha per layer.
@@ -354,7 +355,8 @@ int Detect(int argc, char** argv) {
   cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
   at::Tensor pixels = at::from_blob(rgb.data, {rgb.rows, rgb.cols, 3}, at::kByte).clone();
 
-  LoadedModel loaded = LoadModelDir(flags.Required("model"), device);
+  const std::string model_dir = flags.Has("model") ? flags.Str("model") : FindDefaultModelDir();
+  LoadedModel loaded = LoadModelDir(model_dir, device);
   const ModelConfig& c = loaded.config;
   at::InferenceMode guard;
   ImageBatch batch = BatchImages({PreprocessImage(pixels, c.min_size, c.max_size)});

@@ -75,8 +75,9 @@ class Server:
         args = [str(BIN_DIR / "lpdetr-server"),
                 "--grpc_address=" + self.address,
                 "--metrics_address=127.0.0.1:%d" % self.metrics_port,
-                "--model_dir=%s" % model_dir,
                 "--num_workers=1", "--intra_op_threads=1"] + list(extra_args)
+        if model_dir is not None:  # None: the server's embedded default model
+            args.insert(3, "--model_dir=%s" % model_dir)
         self.tls = tls  # dict(ca=..., cert=..., key=...) of the client side
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
