@@ -3,7 +3,7 @@
 lists its six shape classes, and Detect finds the three shapes of
 tests/data/shapes_sample.png with tight boxes, the right label on top and
 nothing in the background, through both clients (the C++ client also draws
-them)."""
+them); `lpdetr-model detect` without --model finds it too."""
 import json
 import pathlib
 import tempfile
@@ -90,6 +90,16 @@ class DefaultModelTest(unittest.TestCase):
             drawn = list(pathlib.Path(tmp).iterdir())
             self.assertEqual(len(drawn), 1)
             self.assertGreater(drawn[0].stat().st_size, 1000)
+
+    def test_lpdetr_model_detect_uses_it_without_a_model_flag(self):
+        out = harness.run([harness.BIN_DIR / "lpdetr-model", "detect", "--image",
+                           harness.SAMPLE_IMAGE, "--score-threshold", "0.5", "--threads", "1"],
+                          check=0)
+        result = json.loads(out.stdout)
+        self.assertEqual(result["model"], "lp-detr-shapes")
+        self.assert_sample_detections(
+            [(d["label"], d["score"], (d["box"]["x_min"], d["box"]["y_min"], d["box"]["x_max"],
+                                       d["box"]["y_max"])) for d in result["detections"]])
 
 
 if __name__ == "__main__":
