@@ -155,9 +155,9 @@ class Trainer {
   RunResult Loop();
   RunResult TrainOneStep(int64_t batches);
   // The base learning rate of the next step (schedule and warm-up), and
-  // setting every group's rate from it.
+  // setting every group's rate from it (returns that base rate).
   double LearningRate() const;
-  void SetLearningRates();
+  double SetLearningRates();
   void Evaluate();
   void FinishRun();
   void WritePlots();
@@ -424,18 +424,18 @@ double Trainer::LearningRate() const {
   return config_.optimizer.lr * config_.schedule.Factor(state_.epoch, state_.step);
 }
 
-void Trainer::SetLearningRates() {
+double Trainer::SetLearningRates() {
   const double lr = LearningRate();
   for (size_t g = 0; g < optimizer_->param_groups().size(); ++g) {
     auto& opts = static_cast<torch::optim::AdamWOptions&>(optimizer_->param_groups()[g].options());
     opts.lr(lr * groups_[g].lr_scale);
   }
+  return lr;
 }
 
 RunResult Trainer::TrainOneStep(int64_t batches) {
   const auto t0 = std::chrono::steady_clock::now();
-  SetLearningRates();
-  const double lr = LearningRate();
+  const double lr = SetLearningRates();
   double loss_sum = 0;
   std::vector<std::pair<std::string, double>> losses;
   int64_t images = 0;
