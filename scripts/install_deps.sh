@@ -11,7 +11,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy python3-scipy python3-pil
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libssl-dev openssl curl
+  libabsl-dev libssl-dev openssl curl libsqlite3-dev
   prometheus python3-grpcio python3-protobuf
 )
 
