@@ -100,6 +100,9 @@ absl::StatusOr<cv::Mat> DecodeOne(const lpdetr::v1::Image& image, int64_t max_pi
 
 // One request (or stream frame) travelling through the batcher.
 struct DetectionServiceImpl::Job : Batcher::Task {
+  // The version this job was admitted to: its preprocessing, filter, labels
+  // and inference all come from it.
+  std::shared_ptr<ServedModel> model;
   std::vector<PreparedImage> images;
   std::vector<std::string> image_ids;
   Filter filter;
@@ -200,8 +203,8 @@ void DetectionServiceImpl::BeginShutdown() {
 }
 
 absl::StatusOr<std::unique_ptr<DetectionServiceImpl>> DetectionServiceImpl::Create(
-    const Options& options, const Batcher::Options& batcher_options, ModelRunner* runner,
-    ServiceMetrics* metrics) {
+    const Options& options, std::shared_ptr<ModelHost> models,
+    std::shared_ptr<ServiceMetrics> metrics) {
   if (options.max_images_per_request < 1) {
     return absl::InvalidArgumentError(absl::StrCat("max_images_per_request must be >= 1, got ",
                                                    options.max_images_per_request));
@@ -214,33 +217,37 @@ absl::StatusOr<std::unique_ptr<DetectionServiceImpl>> DetectionServiceImpl::Crea
     return absl::InvalidArgumentError(
         absl::StrCat("stream_window must be >= 1, got ", options.stream_window));
   }
-  std::unique_ptr<DetectionServiceImpl> service(
-      new DetectionServiceImpl(options, runner, metrics));
-  DetectionServiceImpl* self = service.get();
-  auto batcher = Batcher::Create(
-      batcher_options, [self](std::vector<Batcher::TaskPtr>& batch) { self->RunBatch(batch); });
-  if (!batcher.ok()) return batcher.status();
-  service->batcher_ = std::move(*batcher);
-  return service;
+  if (!models || !metrics) {
+    return absl::InvalidArgumentError("DetectionService needs a model host and metrics");
+  }
+  return std::unique_ptr<DetectionServiceImpl>(
+      new DetectionServiceImpl(options, std::move(models), std::move(metrics)));
 }
 
-DetectionServiceImpl::DetectionServiceImpl(const Options& options, ModelRunner* runner,
-                                           ServiceMetrics* metrics)
-    : options_(options), runner_(runner), metrics_(metrics) {}
-
-DetectionServiceImpl::~DetectionServiceImpl() {
-  if (batcher_) batcher_->Stop();
+ServedModel::BatchFn DetectionServiceImpl::BatchFunction(std::shared_ptr<ServiceMetrics> metrics) {
+  return [metrics](ServedModel& model, std::vector<Batcher::TaskPtr>& batch) {
+    RunBatch(model, batch, *metrics);
+  };
 }
+
+DetectionServiceImpl::DetectionServiceImpl(const Options& options,
+                                           std::shared_ptr<ModelHost> models,
+                                           std::shared_ptr<ServiceMetrics> metrics)
+    : options_(options), models_(std::move(models)), metrics_(std::move(metrics)) {}
+
+DetectionServiceImpl::~DetectionServiceImpl() = default;
 
 absl::StatusOr<std::shared_ptr<DetectionServiceImpl::Job>> DetectionServiceImpl::Start(
     grpc::ServerContext* context, const DetectRequest& request) {
   if (shutting_down_) return absl::UnavailableError("server is shutting down");
-  const ModelDescription& model = runner_->description();
-  if (!request.model().empty() && request.model() != model.name) {
+  std::shared_ptr<ServedModel> served = models_->Find(request.model());
+  if (!served) {
+    if (request.model().empty()) return absl::UnavailableError("no model is loaded");
     return absl::NotFoundError(absl::StrCat("model '", request.model(),
-                                            "' is not loaded (this server has '", model.name,
-                                            "')"));
+                                            "' is not loaded (the default is '",
+                                            models_->DefaultName(), "')"));
   }
+  const ModelDescription& model = served->description();
   if (request.images_size() == 0) {
     return absl::InvalidArgumentError("request has no images");
   }
@@ -252,6 +259,7 @@ absl::StatusOr<std::shared_ptr<DetectionServiceImpl::Job>> DetectionServiceImpl:
   absl::StatusOr<Filter> filter = ParseOptions(request.options(), model);
   if (!filter.ok()) return filter.status();
   auto job = std::make_shared<Job>();
+  job->model = served;
   job->filter = *filter;
   job->request_id = request.request_id();
   job->context = context;
@@ -262,33 +270,34 @@ absl::StatusOr<std::shared_ptr<DetectionServiceImpl::Job>> DetectionServiceImpl:
       return absl::Status(rgb.status().code(),
                           absl::StrCat("image ", i, ": ", rgb.status().message()));
     }
-    job->images.push_back(runner_->Prepare(*rgb));
+    job->images.push_back(served->runner().Prepare(*rgb));
     job->image_ids.push_back(request.images(i).id());
   }
-  absl::Status submitted = batcher_->Submit(job);
-  metrics_->SetQueueDepth(batcher_->QueueDepth());
+  absl::Status submitted = served->batcher().Submit(job);
+  metrics_->SetQueueDepth(models_->QueueDepth());
   if (!submitted.ok()) return submitted;
   return job;
 }
 
-void DetectionServiceImpl::RunBatch(std::vector<Batcher::TaskPtr>& batch) {
+void DetectionServiceImpl::RunBatch(ServedModel& served, std::vector<Batcher::TaskPtr>& batch,
+                                    ServiceMetrics& metrics) {
   const Clock::time_point start = Clock::now();
-  metrics_->SetQueueDepth(batcher_->QueueDepth());
+  metrics.SetQueueDepth(served.batcher().QueueDepth());
   std::vector<const PreparedImage*> images;
   for (const Batcher::TaskPtr& task : batch) {
     for (const PreparedImage& im : static_cast<Job&>(*task).images) images.push_back(&im);
   }
-  auto result = runner_->Run(images);
+  auto result = served.runner().Run(images);
   const double inference = Seconds(Clock::now() - start);
-  metrics_->ObserveBatch(static_cast<int>(images.size()), inference);
+  metrics.ObserveBatch(static_cast<int>(images.size()), inference);
   if (!result.ok()) {
     LogEvent(LogLevel::kError, "inference_error", {{"error", result.status().ToString()}});
   }
-  const ModelDescription& model = runner_->description();
+  const ModelDescription& model = served.description();
   size_t k = 0;
   for (const Batcher::TaskPtr& task : batch) {
     Job& job = static_cast<Job&>(*task);
-    metrics_->ObserveQueue(Seconds(start - job.enqueued));
+    metrics.ObserveQueue(Seconds(start - job.enqueued));
     if (!result.ok()) {
       job.Complete(result.status());
       continue;

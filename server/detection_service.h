@@ -1,7 +1,11 @@
 // DetectionService (lpdetr.v1): Detect and DetectStream on the synchronous
-// gRPC API. The gRPC thread validates the request, decodes and preprocesses
-// its images and submits one job to the Batcher; an inference worker runs the
-// batch and completes the job; the gRPC thread answers. Data flows one way.
+// gRPC API. The gRPC thread picks the model version that serves the request
+// (ModelHost::Find, once), validates the request against it, decodes and
+// preprocesses its images and submits one job to that version's Batcher; an
+// inference worker runs the batch and completes the job; the gRPC thread
+// answers. The job holds a shared_ptr to its version from admission to
+// response, so a model switch never changes a request midway. Data flows one
+// way.
 //
 // DetectStream reads a frame only when fewer than `stream_window` frames are
 // in flight (back-pressure), writes results in frame order from a writer
@@ -23,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "lpdetr/v1/detection.grpc.pb.h"
 #include "server/batcher.h"
+#include "server/model_host.h"
 #include "server/model_runner.h"
 #include "server/service_metrics.h"
 
@@ -39,10 +44,12 @@ class DetectionServiceImpl final : public lpdetr::v1::DetectionService::Service 
     int stream_window = 4;
   };
 
-  // `runner` and `metrics` must outlive the service.
   static absl::StatusOr<std::unique_ptr<DetectionServiceImpl>> Create(
-      const Options& options, const Batcher::Options& batcher_options, ModelRunner* runner,
-      ServiceMetrics* metrics);
+      const Options& options, std::shared_ptr<ModelHost> models,
+      std::shared_ptr<ServiceMetrics> metrics);
+  // The batch function of every served version: runs the batch on its model
+  // and fills each job's response.
+  static ServedModel::BatchFn BatchFunction(std::shared_ptr<ServiceMetrics> metrics);
   ~DetectionServiceImpl() override;
 
   grpc::Status Detect(grpc::ServerContext* context, const lpdetr::v1::DetectRequest* request,
@@ -56,24 +63,23 @@ class DetectionServiceImpl final : public lpdetr::v1::DetectionService::Service 
   // accepted ones run to completion. Every DetectStream answers the frames
   // it has in flight and then ends (an idle one at once).
   void BeginShutdown();
-  // Runs every accepted job and stops the workers (after the gRPC server's
-  // Shutdown returned).
-  void StopBatcher() { batcher_->Stop(); }
-
-  Batcher& batcher() { return *batcher_; }
+  // Runs every accepted job and stops the workers of every version (after
+  // the gRPC server's Shutdown returned).
+  void StopBatchers() { models_->Stop(); }
 
  private:
   struct Job;
-  DetectionServiceImpl(const Options& options, ModelRunner* runner, ServiceMetrics* metrics);
+  DetectionServiceImpl(const Options& options, std::shared_ptr<ModelHost> models,
+                       std::shared_ptr<ServiceMetrics> metrics);
   // Validates, decodes and submits; the job completes asynchronously.
   absl::StatusOr<std::shared_ptr<Job>> Start(grpc::ServerContext* context,
                                              const lpdetr::v1::DetectRequest& request);
-  void RunBatch(std::vector<Batcher::TaskPtr>& batch);
+  static void RunBatch(ServedModel& model, std::vector<Batcher::TaskPtr>& batch,
+                       ServiceMetrics& metrics);
 
   const Options options_;
-  ModelRunner* runner_;
-  ServiceMetrics* metrics_;
-  std::unique_ptr<Batcher> batcher_;
+  const std::shared_ptr<ModelHost> models_;
+  const std::shared_ptr<ServiceMetrics> metrics_;
   std::atomic<bool> shutting_down_{false};
   // The open streams' wakeups (for BeginShutdown).
   struct StreamWakeup {

@@ -1,9 +1,11 @@
 #include "server/model_runner.h"
 
+#include <algorithm>
 #include <exception>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+#include <opencv2/core.hpp>
 #include <torch/cuda.h>
 
 #include "absl/strings/str_cat.h"
@@ -68,6 +70,20 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const std::stri
     }
   }
   return runner;
+}
+
+void ModelRunner::SetIdentity(const std::string& name, const std::string& version) {
+  if (!name.empty()) description_.name = name;
+  if (!version.empty()) description_.version = version;
+}
+
+absl::Status ModelRunner::WarmUp() {
+  const int side = std::max(description_.min_size, 32);
+  cv::Mat gray(side, side, CV_8UC3, cv::Scalar(128, 128, 128));
+  PreparedImage image = Prepare(gray);
+  absl::StatusOr<std::vector<std::vector<RawDetection>>> out = Run({&image});
+  if (!out.ok()) return out.status();
+  return absl::OkStatus();
 }
 
 PreparedImage ModelRunner::Prepare(const cv::Mat& rgb) const {

@@ -52,6 +52,14 @@ class ModelRunner {
   ~ModelRunner();
 
   const ModelDescription& description() const { return description_; }
+  // Serves under this name and version instead of those in its config.json
+  // (a registry version); an empty value keeps the config's. Call before
+  // the runner is shared.
+  void SetIdentity(const std::string& name, const std::string& version);
+
+  // One batch of a uniform gray image at the model's input size: loads the
+  // kernels and caches before the first request does.
+  absl::Status WarmUp();
 
   // rgb: CV_8UC3 RGB. Resize + normalize per the model's min/max size.
   PreparedImage Prepare(const cv::Mat& rgb) const;

@@ -1,6 +1,9 @@
 #include "server/model_service.h"
 
 #include <chrono>
+#include <set>
+#include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -13,8 +16,8 @@ double Since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
-void ModelServiceImpl::Fill(lpdetr::v1::ModelInfo* info) const {
-  const ModelDescription& m = *model_;
+void ModelServiceImpl::Fill(const ModelDescription& m, bool is_default,
+                            lpdetr::v1::ModelInfo* info) {
   info->set_name(m.name);
   info->set_version(m.version);
   info->set_variant(m.variant);
@@ -35,14 +38,35 @@ void ModelServiceImpl::Fill(lpdetr::v1::ModelInfo* info) const {
     s->set_global(a[2]);
   }
   info->set_device(m.device);
-  info->set_active(true);
+  info->set_active(is_default);
 }
 
 grpc::Status ModelServiceImpl::ListModels(grpc::ServerContext*,
                                           const lpdetr::v1::ListModelsRequest*,
                                           lpdetr::v1::ListModelsResponse* response) {
   const auto t0 = std::chrono::steady_clock::now();
-  Fill(response->add_models());
+  std::set<std::pair<std::string, std::string>> serving;
+  bool first = true;
+  for (const std::shared_ptr<ServedModel>& model : models_->Serving()) {
+    Fill(model->description(), first, response->add_models());
+    serving.emplace(model->description().name, model->description().version);
+    first = false;
+  }
+  // Registered versions that do not serve: name, version and classes.
+  if (registry_) {
+    absl::StatusOr<std::vector<admin::ModelVersionInfo>> versions = registry_->List("");
+    if (versions.ok()) {
+      for (const admin::ModelVersionInfo& v : *versions) {
+        if (serving.count({v.name, v.version})) continue;
+        lpdetr::v1::ModelInfo* info = response->add_models();
+        info->set_name(v.name);
+        info->set_version(v.version);
+        for (const std::string& c : v.classes) info->add_classes(c);
+        info->set_num_classes(static_cast<int>(v.classes.size()));
+        info->set_active(false);
+      }
+    }
+  }
   metrics_->CountRequest("ListModels", absl::StatusCode::kOk, Since(t0));
   return grpc::Status::OK;
 }
@@ -52,12 +76,13 @@ grpc::Status ModelServiceImpl::GetModel(grpc::ServerContext*,
                                         lpdetr::v1::ModelInfo* response) {
   const auto t0 = std::chrono::steady_clock::now();
   absl::Status status;
-  if (!request->name().empty() && request->name() != model_->name) {
+  std::shared_ptr<ServedModel> model = models_->Find(request->name());
+  if (!model) {
     status = absl::NotFoundError(absl::StrCat("model '", request->name(),
-                                              "' is not loaded (this server has '", model_->name,
-                                              "')"));
+                                              "' is not loaded (the default is '",
+                                              models_->DefaultName(), "')"));
   } else {
-    Fill(response);
+    Fill(model->description(), model->description().name == models_->DefaultName(), response);
   }
   metrics_->CountRequest("GetModel", status.code(), Since(t0));
   return ToGrpcStatus(status);

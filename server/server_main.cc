@@ -4,7 +4,9 @@
 //
 // Serves lpdetr.v1.DetectionService and ModelService, grpc.health.v1.Health
 // and server reflection on --grpc_address, Prometheus metrics on
-// --metrics_address (/metrics). The optional --config JSON file holds the
+// --metrics_address (/metrics), and, when an admin token is configured,
+// lpdetr.v1.AdminService (fine-tuning jobs, the model registry, hot swap) on
+// --admin_address. The optional --config JSON file holds the
 // same keys as the flags ({"max_batch_size": 8, "tls_cert": "..."}); flags
 // given on the command line win over it. SIGTERM / SIGINT: new requests get
 // UNAVAILABLE, health turns NOT_SERVING, accepted work finishes, and the
@@ -13,7 +15,10 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <thread>
+#include <utility>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -36,11 +41,17 @@
 #include "absl/strings/str_cat.h"
 #include "model/default_model.h"
 #include "model/runtime.h"
+#include "server/admin/admin_auth.h"
+#include "server/admin/job_manager.h"
+#include "server/admin/job_store.h"
+#include "server/admin/model_registry.h"
+#include "server/admin_service.h"
 #include "server/call_tracker.h"
 #include "server/detection_service.h"
 #include "server/health_service.h"
 #include "server/log.h"
 #include "server/metrics/metrics.h"
+#include "server/model_host.h"
 #include "server/model_runner.h"
 #include "server/model_service.h"
 #include "server/service_metrics.h"
@@ -72,6 +83,26 @@ ABSL_FLAG(int64_t, max_image_pixels, 50'000'000,
 ABSL_FLAG(int32_t, stream_window, 4, "DetectStream frames in flight per stream");
 ABSL_FLAG(double, shutdown_timeout_s, 30.0,
           "On SIGTERM/SIGINT, how long accepted work may take before the process exits");
+ABSL_FLAG(std::string, registry_dir, "",
+          "Model registry REGISTRY/<name>/<version>/ (fine-tuned versions; empty: none). Without "
+          "--model_dir the server serves the registry's default model when it has one");
+ABSL_FLAG(std::string, admin_address, "127.0.0.1:50052",
+          "AdminService listen address host:port; the service runs only with an admin token");
+ABSL_FLAG(std::string, admin_token_file, "",
+          "File holding the admin bearer token (mode 600); else the LPDETR_ADMIN_TOKEN "
+          "environment variable; neither: the admin service is off");
+ABSL_FLAG(std::string, data_root, "",
+          "Datasets named in StartFineTune must lie under this directory (admin)");
+ABSL_FLAG(std::string, jobs_dir, "",
+          "Fine-tuning jobs' run directories, logs and their SQLite database "
+          "(default: <registry_dir>/.jobs)");
+ABSL_FLAG(std::string, train_binary, "",
+          "The lpdetr-train executable jobs run (default: beside this binary)");
+ABSL_FLAG(int32_t, max_concurrent_jobs, 1, "Fine-tuning jobs running at once; others queue");
+ABSL_FLAG(int32_t, job_threads, 0, "lpdetr-train --threads of each job (0: half the cores)");
+ABSL_FLAG(int32_t, job_nice, 10, "Niceness added to each job's process (0..19)");
+ABSL_FLAG(double, job_cancel_grace_s, 60.0,
+          "CancelJob / shutdown: seconds a job gets to write its checkpoint before SIGKILL");
 
 namespace lpdetr::server {
 namespace {
@@ -171,6 +202,38 @@ int Fail(const absl::Status& status, const char* stage) {
   return 1;
 }
 
+// The model host with the startup model loaded, warmed up and serving; each
+// later switch is logged and moves lpdetr_model_info.
+absl::StatusOr<std::shared_ptr<ModelHost>> StartModelHost(
+    const Batcher::Options& batcher, const std::string& device,
+    const std::shared_ptr<ServiceMetrics>& metrics, const ModelSource& source) {
+  ModelHost::Options options;
+  options.batcher = batcher;
+  options.device = device;
+  auto on_switch = [metrics](const ModelDescription& now, const ModelDescription* before) {
+    metrics->SetModel(now, before);
+    LogEvent(LogLevel::kInfo, "model_serving",
+             {{"name", now.name}, {"version", now.version}, {"variant", now.variant},
+              {"dir", now.dir}, {"replaced_version", before ? before->version : ""}});
+  };
+  absl::StatusOr<std::unique_ptr<ModelHost>> host = ModelHost::Create(
+      options, DetectionServiceImpl::BatchFunction(metrics), nullptr, on_switch);
+  if (!host.ok()) return host.status();
+  std::shared_ptr<ModelHost> shared = *std::move(host);
+  const auto load_start = std::chrono::steady_clock::now();
+  absl::StatusOr<std::shared_ptr<ServedModel>> model = shared->Activate(source);
+  if (!model.ok()) return model.status();
+  const ModelDescription& m = (*model)->description();
+  LogEvent(LogLevel::kInfo, "model_loaded",
+           {{"name", m.name}, {"variant", m.variant}, {"version", m.version},
+            {"backbone", m.backbone}, {"num_classes", m.num_classes},
+            {"min_size", m.min_size}, {"max_size", m.max_size},
+            {"device", m.device}, {"dir", source.dir},
+            {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                      load_start).count()}});
+  return shared;
+}
+
 // The graceful drain after SIGTERM / SIGINT, in this order:
 //  1. health turns NOT_SERVING at once (every service name) and open health
 //     Watch streams end after sending it;
@@ -182,7 +245,7 @@ int Fail(const absl::Status& status, const char* stage) {
 //  4. the gRPC server shuts down: what is left past the deadline is
 //     cancelled (logged with a count), and idle client connections close
 //     (waiting for clients to close them would hold the exit);
-//  5. the batcher drains and its workers join.
+//  5. every model version's batcher drains and its workers join.
 void Drain(std::chrono::steady_clock::time_point deadline, HealthServiceImpl* health,
            DetectionServiceImpl* detection, const CallTracker& calls, grpc::Server* server) {
   health->Shutdown();
@@ -190,8 +253,232 @@ void Drain(std::chrono::steady_clock::time_point deadline, HealthServiceImpl* he
   const int left = calls.WaitForNone(deadline);
   if (left > 0) LogEvent(LogLevel::kWarning, "shutdown_timeout", {{"calls_cancelled", left}});
   server->Shutdown(std::chrono::system_clock::now());
-  detection->StopBatcher();
+  detection->StopBatchers();
   server->Wait();
+}
+
+// Everything the flags (and the --config file) say, checked once.
+struct ServerConfig {
+  std::string grpc_address, metrics_address, model_dir, device;
+  Batcher::Options batcher;
+  DetectionServiceImpl::Options service;
+  int intra_op_threads = 0;
+  int64_t max_message_bytes = 0;
+  double shutdown_timeout_s = 0;
+  json from_config = json::object();
+  // Admin: on when a token is configured.
+  std::string admin_address, admin_token, registry_dir, data_root, jobs_dir, train_binary;
+  std::string admin_off_reason;  // why the admin service is off (when no token)
+  admin::JobManager::Options jobs;
+};
+
+// The directory of this executable ("" when /proc/self/exe is unreadable).
+std::string ExecutableDir() {
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string() : exe.parent_path().string();
+}
+
+absl::Status ReadAdminConfig(ServerConfig* c) {
+  const char* env = std::getenv("LPDETR_ADMIN_TOKEN");
+  absl::StatusOr<std::string> token = admin::LoadAdminToken(absl::GetFlag(FLAGS_admin_token_file), env);
+  if (!token.ok()) return token.status();
+  c->admin_token = *std::move(token);
+  c->admin_address = absl::GetFlag(FLAGS_admin_address);
+  c->registry_dir = absl::GetFlag(FLAGS_registry_dir);
+  c->data_root = absl::GetFlag(FLAGS_data_root);
+  if (c->admin_token.empty()) {
+    c->admin_off_reason = "no admin token: set --admin_token_file or LPDETR_ADMIN_TOKEN";
+    return absl::OkStatus();
+  }
+  if (c->admin_address.empty()) {
+    c->admin_off_reason = "--admin_address is empty";
+    c->admin_token.clear();
+    return absl::OkStatus();
+  }
+  if (c->registry_dir.empty() || c->data_root.empty()) {
+    return absl::InvalidArgumentError(
+        "the admin service (an admin token is configured) needs --registry_dir (where trained "
+        "model versions go) and --data_root (the only place datasets may be read from)");
+  }
+  c->jobs_dir = absl::GetFlag(FLAGS_jobs_dir);
+  if (c->jobs_dir.empty()) c->jobs_dir = (std::filesystem::path(c->registry_dir) / ".jobs").string();
+  c->train_binary = absl::GetFlag(FLAGS_train_binary);
+  if (c->train_binary.empty()) {
+    c->train_binary = (std::filesystem::path(ExecutableDir()) / "lpdetr-train").string();
+  }
+  c->jobs.train_binary = c->train_binary;
+  c->jobs.jobs_dir = c->jobs_dir;
+  c->jobs.max_concurrent_jobs = absl::GetFlag(FLAGS_max_concurrent_jobs);
+  c->jobs.threads_per_job = absl::GetFlag(FLAGS_job_threads);
+  if (c->jobs.threads_per_job == 0) {
+    c->jobs.threads_per_job = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / 2);
+  }
+  c->jobs.nice = absl::GetFlag(FLAGS_job_nice);
+  const double grace = absl::GetFlag(FLAGS_job_cancel_grace_s);
+  if (!(grace >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--job_cancel_grace_s must be >= 0, got ", grace));
+  }
+  c->jobs.cancel_grace = absl::Seconds(grace);
+  return c->jobs.Validate();
+}
+
+absl::StatusOr<ServerConfig> ReadConfig(int argc, char** argv) {
+  ServerConfig c;
+  const std::set<std::string> explicit_flags = ExplicitFlags(argc, argv);
+  absl::ParseCommandLine(argc, argv);
+  if (const std::string config = absl::GetFlag(FLAGS_config); !config.empty()) {
+    if (absl::Status s = ApplyConfigFile(config, explicit_flags, &c.from_config); !s.ok()) return s;
+  }
+  c.grpc_address = absl::GetFlag(FLAGS_grpc_address);
+  c.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  c.model_dir = absl::GetFlag(FLAGS_model_dir);
+  c.device = absl::GetFlag(FLAGS_device);
+  c.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
+  if (c.intra_op_threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--intra_op_threads must be >= 0, got ", c.intra_op_threads));
+  }
+  c.batcher.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  c.batcher.max_queue_delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
+  c.batcher.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
+  c.batcher.num_workers = absl::GetFlag(FLAGS_num_workers);
+  c.batcher.bucket_by_size = absl::GetFlag(FLAGS_bucket_by_size);
+  c.service.max_images_per_request = absl::GetFlag(FLAGS_max_images_per_request);
+  c.service.max_image_pixels = absl::GetFlag(FLAGS_max_image_pixels);
+  c.service.stream_window = absl::GetFlag(FLAGS_stream_window);
+  c.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  if (c.max_message_bytes < 1024 || c.max_message_bytes > (int64_t{1} << 31) - 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_message_bytes must be in [1024, 2^31-1], got ", c.max_message_bytes));
+  }
+  c.shutdown_timeout_s = absl::GetFlag(FLAGS_shutdown_timeout_s);
+  if (!(c.shutdown_timeout_s >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--shutdown_timeout_s must be >= 0, got ", c.shutdown_timeout_s));
+  }
+  if (absl::Status s = ReadAdminConfig(&c); !s.ok()) return s;
+  return c;
+}
+
+void LogConfig(const ServerConfig& c) {
+  LogEvent(LogLevel::kInfo, "config",
+           {{"grpc_address", c.grpc_address},
+            {"metrics_address", c.metrics_address},
+            {"model_dir", c.model_dir},
+            {"device", c.device},
+            {"max_batch_size", c.batcher.max_batch_size},
+            {"max_queue_delay_us", c.batcher.max_queue_delay_us},
+            {"max_queue_size", c.batcher.max_queue_size},
+            {"num_workers", c.batcher.num_workers},
+            {"bucket_by_size", c.batcher.bucket_by_size},
+            {"intra_op_threads", c.intra_op_threads},
+            {"tls", !absl::GetFlag(FLAGS_tls_cert).empty()},
+            {"mutual_tls", !absl::GetFlag(FLAGS_tls_ca).empty()},
+            {"max_message_bytes", c.max_message_bytes},
+            {"max_images_per_request", c.service.max_images_per_request},
+            {"max_image_pixels", c.service.max_image_pixels},
+            {"stream_window", c.service.stream_window},
+            {"shutdown_timeout_s", c.shutdown_timeout_s},
+            {"registry_dir", c.registry_dir},
+            {"data_root", c.data_root},
+            {"admin", !c.admin_token.empty()},
+            {"admin_address", c.admin_token.empty() ? "" : c.admin_address},
+            {"jobs_dir", c.jobs_dir},
+            {"max_concurrent_jobs", c.jobs.max_concurrent_jobs},
+            {"job_threads", c.jobs.threads_per_job},
+            {"job_nice", c.jobs.nice},
+            {"from_config_file", c.from_config}});
+  if (c.admin_token.empty()) {
+    LogEvent(LogLevel::kInfo, "admin_disabled", {{"reason", c.admin_off_reason}});
+  }
+}
+
+// Which model serves at startup: --model_dir when given; else the registry's
+// default model (its ACTIVE version) when a registry has one; else the
+// embedded default model.
+absl::StatusOr<ModelSource> StartupModel(const ServerConfig& c,
+                                         admin::ModelRegistry* registry) {
+  if (!c.model_dir.empty()) {
+    if (!std::filesystem::exists(std::filesystem::path(c.model_dir) / "config.json")) {
+      return absl::NotFoundError(absl::StrCat(
+          "model directory '", c.model_dir,
+          "' has no config.json: pass --model_dir DIR (a model directory, see "
+          "lpdetr-model info), or leave it out to serve the embedded default model"));
+    }
+    return ModelSource{c.model_dir, "", ""};
+  }
+  if (registry != nullptr) {
+    absl::StatusOr<std::pair<std::string, std::string>> active = registry->DefaultModel();
+    if (active.ok()) {
+      absl::StatusOr<admin::ModelVersionInfo> v = registry->Get(active->first, active->second);
+      if (!v.ok()) return v.status();
+      return ModelSource{v->path, v->name, v->version};
+    }
+  }
+  try {
+    return ModelSource{FindDefaultModelDir(), "", ""};
+  } catch (const std::exception& e) {
+    return absl::NotFoundError(e.what());
+  }
+}
+
+// The admin side: job store, job manager and the AdminService.
+struct AdminParts {
+  std::shared_ptr<admin::JobManager> jobs;
+  std::unique_ptr<AdminServiceImpl> service;
+};
+
+absl::StatusOr<AdminParts> StartAdmin(const ServerConfig& c,
+                                      std::shared_ptr<admin::ModelRegistry> registry,
+                                      std::shared_ptr<ModelHost> models,
+                                      std::shared_ptr<ServiceMetrics> metrics) {
+  std::error_code ec;
+  std::filesystem::create_directories(c.jobs_dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create --jobs_dir ", c.jobs_dir, ": ", ec.message()));
+  }
+  absl::StatusOr<std::unique_ptr<admin::JobStore>> store =
+      admin::JobStore::Open((std::filesystem::path(c.jobs_dir) / "jobs.db").string());
+  if (!store.ok()) return store.status();
+  absl::StatusOr<std::unique_ptr<admin::JobManager>> jobs = admin::JobManager::Create(
+      c.jobs, std::shared_ptr<admin::JobStore>(*std::move(store)), registry);
+  if (!jobs.ok()) return jobs.status();
+  AdminParts parts;
+  parts.jobs = *std::move(jobs);
+  AdminServiceImpl::Options options;
+  options.token = c.admin_token;
+  options.data_root = c.data_root;
+  absl::StatusOr<std::unique_ptr<AdminServiceImpl>> service =
+      AdminServiceImpl::Create(options, parts.jobs, std::move(registry), std::move(models),
+                               std::move(metrics));
+  if (!service.ok()) return service.status();
+  parts.service = *std::move(service);
+  return parts;
+}
+
+// One gRPC server on one address with the given services.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
+    const std::string& address, const std::shared_ptr<grpc::ServerCredentials>& credentials,
+    int64_t max_message_bytes, const std::vector<grpc::Service*>& services, CallTracker* calls,
+    int* port) {
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(address, credentials, port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
+  for (grpc::Service* service : services) builder.RegisterService(service);
+  if (calls != nullptr) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> hooks;
+    hooks.push_back(calls->MakeFactory());
+    builder.experimental().SetInterceptorCreators(std::move(hooks));
+  }
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || *port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+  }
+  return server;
 }
 
 int Main(int argc, char** argv) {
@@ -204,104 +491,46 @@ int Main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   absl::SetProgramUsageMessage("LP-DETR gRPC detection server. See --helpfull.");
-  const std::set<std::string> explicit_flags = ExplicitFlags(argc, argv);
-  absl::ParseCommandLine(argc, argv);
-  json from_config = json::object();
-  if (const std::string config = absl::GetFlag(FLAGS_config); !config.empty()) {
-    if (absl::Status s = ApplyConfigFile(config, explicit_flags, &from_config); !s.ok()) {
-      return Fail(s, "config");
-    }
-  }
-  std::string model_dir = absl::GetFlag(FLAGS_model_dir);
-  if (model_dir.empty()) {
-    try {
-      model_dir = FindDefaultModelDir();
-    } catch (const std::exception& e) {
-      return Fail(absl::NotFoundError(e.what()), "model");
-    }
-  }
-  const int intra_op = absl::GetFlag(FLAGS_intra_op_threads);
-  if (intra_op < 0) {
-    return Fail(absl::InvalidArgumentError(
-                    absl::StrCat("--intra_op_threads must be >= 0, got ", intra_op)), "config");
-  }
+  absl::StatusOr<ServerConfig> config = ReadConfig(argc, argv);
+  if (!config.ok()) return Fail(config.status(), "config");
+  const ServerConfig& c = *config;
+  LogConfig(c);
 
-  Batcher::Options batcher;
-  batcher.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
-  batcher.max_queue_delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
-  batcher.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
-  batcher.num_workers = absl::GetFlag(FLAGS_num_workers);
-  batcher.bucket_by_size = absl::GetFlag(FLAGS_bucket_by_size);
-  DetectionServiceImpl::Options service_options;
-  service_options.max_images_per_request = absl::GetFlag(FLAGS_max_images_per_request);
-  service_options.max_image_pixels = absl::GetFlag(FLAGS_max_image_pixels);
-  service_options.stream_window = absl::GetFlag(FLAGS_stream_window);
-  const int64_t max_message = absl::GetFlag(FLAGS_max_message_bytes);
-  if (max_message < 1024 || max_message > (int64_t{1} << 31) - 1) {
-    return Fail(absl::InvalidArgumentError(absl::StrCat(
-                    "--max_message_bytes must be in [1024, 2^31-1], got ", max_message)),
-                "config");
+  std::shared_ptr<admin::ModelRegistry> model_registry;
+  if (!c.registry_dir.empty()) {
+    absl::StatusOr<std::unique_ptr<admin::ModelRegistry>> r = admin::ModelRegistry::Open(c.registry_dir);
+    if (!r.ok()) return Fail(r.status(), "registry");
+    model_registry = *std::move(r);
   }
-  const double shutdown_timeout = absl::GetFlag(FLAGS_shutdown_timeout_s);
-  if (!(shutdown_timeout >= 0)) {
-    return Fail(absl::InvalidArgumentError(absl::StrCat(
-                    "--shutdown_timeout_s must be >= 0, got ", shutdown_timeout)), "config");
-  }
+  absl::StatusOr<ModelSource> source = StartupModel(c, model_registry.get());
+  if (!source.ok()) return Fail(source.status(), "model");
 
-  LogEvent(LogLevel::kInfo, "config",
-           {{"grpc_address", absl::GetFlag(FLAGS_grpc_address)},
-            {"metrics_address", absl::GetFlag(FLAGS_metrics_address)},
-            {"model_dir", model_dir},
-            {"device", absl::GetFlag(FLAGS_device)},
-            {"max_batch_size", batcher.max_batch_size},
-            {"max_queue_delay_us", batcher.max_queue_delay_us},
-            {"max_queue_size", batcher.max_queue_size},
-            {"num_workers", batcher.num_workers},
-            {"bucket_by_size", batcher.bucket_by_size},
-            {"intra_op_threads", intra_op},
-            {"tls", !absl::GetFlag(FLAGS_tls_cert).empty()},
-            {"mutual_tls", !absl::GetFlag(FLAGS_tls_ca).empty()},
-            {"max_message_bytes", max_message},
-            {"max_images_per_request", service_options.max_images_per_request},
-            {"max_image_pixels", service_options.max_image_pixels},
-            {"stream_window", service_options.stream_window},
-            {"shutdown_timeout_s", shutdown_timeout},
-            {"from_config_file", from_config}});
-
-  if (!std::filesystem::exists(std::filesystem::path(model_dir) / "config.json")) {
-    return Fail(absl::NotFoundError(absl::StrCat(
-                    "model directory '", model_dir,
-                    "' has no config.json: pass --model_dir DIR (a model directory, see "
-                    "lpdetr-model info), or leave it out to serve the embedded default model")),
-                "model");
-  }
-  ApplyNumerics(Numerics::kFast, intra_op);
-  const auto load_start = std::chrono::steady_clock::now();
-  absl::StatusOr<std::unique_ptr<ModelRunner>> runner =
-      ModelRunner::Create(model_dir, absl::GetFlag(FLAGS_device));
-  if (!runner.ok()) return Fail(runner.status(), "model");
-  const ModelDescription& model = (*runner)->description();
-  LogEvent(LogLevel::kInfo, "model_loaded",
-           {{"name", model.name}, {"variant", model.variant}, {"version", model.version},
-            {"backbone", model.backbone}, {"num_classes", model.num_classes},
-            {"min_size", model.min_size}, {"max_size", model.max_size},
-            {"device", model.device}, {"dir", model_dir},
-            {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                                      load_start).count()}});
-
+  ApplyNumerics(Numerics::kFast, c.intra_op_threads);
   auto registry = std::make_shared<metrics::Registry>();
-  ServiceMetrics service_metrics(registry, model);
+  auto service_metrics = std::make_shared<ServiceMetrics>(registry);
+  absl::StatusOr<std::shared_ptr<ModelHost>> models =
+      StartModelHost(c.batcher, c.device, service_metrics, *source);
+  if (!models.ok()) return Fail(models.status(), "model");
+
   std::unique_ptr<metrics::Exposer> exposer;
-  if (const std::string addr = absl::GetFlag(FLAGS_metrics_address); !addr.empty()) {
-    absl::StatusOr<std::unique_ptr<metrics::Exposer>> e = metrics::Exposer::Create(addr, registry);
+  if (!c.metrics_address.empty()) {
+    absl::StatusOr<std::unique_ptr<metrics::Exposer>> e =
+        metrics::Exposer::Create(c.metrics_address, registry);
     if (!e.ok()) return Fail(e.status(), "metrics");
     exposer = std::move(*e);
   }
 
   absl::StatusOr<std::unique_ptr<DetectionServiceImpl>> detection =
-      DetectionServiceImpl::Create(service_options, batcher, runner->get(), &service_metrics);
+      DetectionServiceImpl::Create(c.service, *models, service_metrics);
   if (!detection.ok()) return Fail(detection.status(), "config");
-  ModelServiceImpl model_service(&model, &service_metrics);
+  ModelServiceImpl model_service(*models, service_metrics, model_registry);
+
+  AdminParts admin_parts;
+  if (!c.admin_token.empty()) {
+    absl::StatusOr<AdminParts> parts = StartAdmin(c, model_registry, *models, service_metrics);
+    if (!parts.ok()) return Fail(parts.status(), "admin");
+    admin_parts = *std::move(parts);
+  }
 
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeCredentials();
   if (!credentials.ok()) return Fail(credentials.status(), "tls");
@@ -309,24 +538,19 @@ int Main(int argc, char** argv) {
   HealthServiceImpl health;
   CallTracker calls;
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
   int grpc_port = 0;
-  builder.AddListeningPort(absl::GetFlag(FLAGS_grpc_address), *credentials, &grpc_port);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(max_message));
-  builder.SetMaxSendMessageSize(static_cast<int>(max_message));
-  builder.RegisterService(detection->get());
-  builder.RegisterService(&model_service);
-  builder.RegisterService(&health);
-  {
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> hooks;
-    hooks.push_back(calls.MakeFactory());
-    builder.experimental().SetInterceptorCreators(std::move(hooks));
-  }
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || grpc_port == 0) {
-    return Fail(absl::UnavailableError(absl::StrCat("cannot listen on --grpc_address ",
-                                                    absl::GetFlag(FLAGS_grpc_address))),
-                "listen");
+  absl::StatusOr<std::unique_ptr<grpc::Server>> server = StartGrpcServer(
+      c.grpc_address, *credentials, c.max_message_bytes,
+      {detection->get(), &model_service, &health}, &calls, &grpc_port);
+  if (!server.ok()) return Fail(server.status(), "listen");
+  int admin_port = 0;
+  std::unique_ptr<grpc::Server> admin_server;
+  if (admin_parts.service) {
+    absl::StatusOr<std::unique_ptr<grpc::Server>> s =
+        StartGrpcServer(c.admin_address, *credentials, c.max_message_bytes,
+                        {admin_parts.service.get()}, nullptr, &admin_port);
+    if (!s.ok()) return Fail(s.status(), "listen");
+    admin_server = *std::move(s);
   }
   // The server as a whole ("") and each of its services by full name.
   health.SetServingStatus("", true);
@@ -334,9 +558,10 @@ int Main(int argc, char** argv) {
     health.SetServingStatus(service, true);
   }
   LogEvent(LogLevel::kInfo, "startup",
-           {{"grpc_address", absl::GetFlag(FLAGS_grpc_address)},
+           {{"grpc_address", c.grpc_address},
             {"grpc_port", grpc_port},
             {"metrics_port", exposer ? exposer->port() : 0},
+            {"admin_port", admin_port},
             {"pid", static_cast<int>(getpid())},
             {"health", "SERVING"}});
 
@@ -345,15 +570,22 @@ int Main(int argc, char** argv) {
   const auto stop_start = std::chrono::steady_clock::now();
   LogEvent(LogLevel::kInfo, "shutdown",
            {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
-            {"queued", (*detection)->batcher().QueueDepth()},
-            {"timeout_s", shutdown_timeout}});
-  Drain(stop_start + std::chrono::microseconds(static_cast<int64_t>(shutdown_timeout * 1e6)),
-        &health, detection->get(), calls, server.get());
+            {"queued", (*models)->QueueDepth()},
+            {"timeout_s", c.shutdown_timeout_s}});
+  // Admin first: no new jobs or switches; running jobs checkpoint and become
+  // INTERRUPTED (ResumeJob continues them on the next start).
+  if (admin_server) {
+    admin_parts.service->BeginShutdown();
+    admin_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    admin_parts.jobs->Stop();
+  }
+  Drain(stop_start + std::chrono::microseconds(static_cast<int64_t>(c.shutdown_timeout_s * 1e6)),
+        &health, detection->get(), calls, server->get());
   exposer.reset();
   LogEvent(LogLevel::kInfo, "shutdown_complete",
-           {{"detect_ok", service_metrics.RequestCount("Detect", absl::StatusCode::kOk)},
+           {{"detect_ok", service_metrics->RequestCount("Detect", absl::StatusCode::kOk)},
             {"stream_frames_ok",
-             service_metrics.RequestCount("DetectStream", absl::StatusCode::kOk)},
+             service_metrics->RequestCount("DetectStream", absl::StatusCode::kOk)},
             {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() -
                                                       stop_start).count()}});
   return 0;

@@ -5,8 +5,7 @@
 
 namespace lpdetr::server {
 
-ServiceMetrics::ServiceMetrics(std::shared_ptr<metrics::Registry> registry,
-                               const ModelDescription& model)
+ServiceMetrics::ServiceMetrics(std::shared_ptr<metrics::Registry> registry)
     : registry_(std::move(registry)) {
   metrics::Registry& r = *registry_;
   requests_ = &r.AddCounter("lpdetr_requests_total",
@@ -25,9 +24,15 @@ ServiceMetrics::ServiceMetrics(std::shared_ptr<metrics::Registry> registry,
                      .Add({});
   queue_depth_ = &r.AddGauge("lpdetr_queue_depth", "Requests waiting in the batching queue").Add({});
   images_ = &r.AddCounter("lpdetr_images_processed_total", "Images run through the model").Add({});
-  r.AddGauge("lpdetr_model_info", "The served model (value 1)")
-      .Add({{"name", model.name}, {"variant", model.variant}, {"version", model.version}})
-      .Set(1);
+  model_info_ = &r.AddGauge("lpdetr_model_info", "Model versions: 1 while serving, 0 once replaced");
+}
+
+void ServiceMetrics::SetModel(const ModelDescription& now, const ModelDescription* before) {
+  auto labels = [](const ModelDescription& m) {
+    return metrics::Labels{{"name", m.name}, {"variant", m.variant}, {"version", m.version}};
+  };
+  if (before != nullptr) model_info_->Add(labels(*before)).Set(0);
+  model_info_->Add(labels(now)).Set(1);
 }
 
 void ServiceMetrics::CountRequest(const std::string& method, absl::StatusCode code,

@@ -7,7 +7,8 @@
 //   lpdetr_batch_size                           histogram, images per batch
 //   lpdetr_queue_depth                          gauge, requests waiting
 //   lpdetr_images_processed_total               counter
-//   lpdetr_model_info{name,variant,version}     gauge = 1
+//   lpdetr_model_info{name,variant,version}     gauge: 1 for each serving
+//                                                version, 0 once replaced
 #pragma once
 
 #include <cstdint>
@@ -23,7 +24,10 @@ struct ModelDescription;
 
 class ServiceMetrics {
  public:
-  ServiceMetrics(std::shared_ptr<metrics::Registry> registry, const ModelDescription& model);
+  explicit ServiceMetrics(std::shared_ptr<metrics::Registry> registry);
+
+  // lpdetr_model_info follows a switch: `now` to 1, `before` (if any) to 0.
+  void SetModel(const ModelDescription& now, const ModelDescription* before);
 
   void CountRequest(const std::string& method, absl::StatusCode code, double seconds);
   void ObserveQueue(double seconds) { queue_->Observe(seconds); }
@@ -43,6 +47,7 @@ class ServiceMetrics {
   metrics::Histogram* batch_size_;
   metrics::Gauge* queue_depth_;
   metrics::Counter* images_;
+  metrics::Family<metrics::Gauge>* model_info_;
 };
 
 }  // namespace lpdetr::server

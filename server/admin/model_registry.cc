@@ -32,6 +32,7 @@ namespace fs = std::filesystem;
 
 constexpr char kTmpPrefix[] = ".tmp-";
 constexpr char kActiveFile[] = "ACTIVE";
+constexpr char kDefaultFile[] = "DEFAULT";
 constexpr char kHistoryFile[] = "HISTORY";
 constexpr char kCounterFile[] = "NEXT_VERSION";
 constexpr char kRegistryJson[] = "registry.json";
@@ -588,6 +589,33 @@ absl::Status ModelRegistry::Delete(std::string_view name, std::string_view versi
   fs::remove_all(doomed, ec);
   if (ec) return FsError("cannot remove", doomed, ec);
   return absl::OkStatus();
+}
+
+absl::Status ModelRegistry::SetDefaultModel(std::string_view name) {
+  if (absl::Status s = ValidateName(name); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<std::string> active = ReadActive(name);
+  if (!active.ok()) return active.status();
+  if (active->empty()) {
+    return absl::NotFoundError(absl::StrCat("model ", Quoted(name), " has no active version"));
+  }
+  return WriteFileAtomically(fs::path(root_), kDefaultFile, absl::StrCat(Av(name), "\n"));
+}
+
+absl::StatusOr<std::pair<std::string, std::string>> ModelRegistry::DefaultModel() {
+  absl::ReaderMutexLock lock(&mu_);
+  std::ifstream in(fs::path(root_) / kDefaultFile);
+  std::string name;
+  if (!in || !std::getline(in, name) || ValidateName(name).ok() == false) {
+    return absl::NotFoundError(absl::StrCat("the registry ", root_, " names no default model"));
+  }
+  absl::StatusOr<std::string> active = ReadActive(name);
+  if (!active.ok()) return active.status();
+  if (active->empty()) {
+    return absl::NotFoundError(
+        absl::StrCat("the registry's default model ", Quoted(name), " has no active version"));
+  }
+  return std::make_pair(name, *active);
 }
 
 }  // namespace lpdetr::admin

@@ -9,6 +9,8 @@
 //   <name>/HISTORY                  previously active versions, most recent last
 //   <name>/NEXT_VERSION             the next version number to hand out
 //   <name>/.tmp-*                   work in progress; removed by Open
+//   DEFAULT                         the model name the server serves by
+//                                   default (its ACTIVE version), one line
 //
 // Versions are "1", "2", ... in order of registration and are never reused,
 // even after a delete. Every change is atomic on disk: a version is copied
@@ -30,6 +32,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -100,6 +103,14 @@ class ModelRegistry {
   // Removes a version: FAILED_PRECONDITION for the active one, NOT_FOUND for
   // an unknown one. It is renamed away first, so it vanishes atomically.
   absl::Status Delete(std::string_view name, std::string_view version);
+
+  // The model the server serves to requests that name none: its name is
+  // written to DEFAULT (atomically). NOT_FOUND unless `name` has an ACTIVE
+  // version.
+  absl::Status SetDefaultModel(std::string_view name);
+  // The DEFAULT model's name and its active version; NOT_FOUND when DEFAULT
+  // is missing or names a model without an active version.
+  absl::StatusOr<std::pair<std::string, std::string>> DefaultModel();
 
   const std::string& root() const { return root_; }
 

@@ -209,6 +209,12 @@ T& Family<T>::Add(const Labels& labels) {
   return *it->second;
 }
 
+template <typename T>
+bool Family<T>::Remove(const Labels& labels) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->children.erase(labels) > 0;
+}
+
 template class Family<Counter>;
 template class Family<Gauge>;
 template class Family<Histogram>;

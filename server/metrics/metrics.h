@@ -69,6 +69,10 @@ class Family {
   // Returns the child with these labels, creating it at zero.
   // Label names must match [a-zA-Z_][a-zA-Z0-9_]*; values are escaped.
   T& Add(const Labels& labels);
+  // Removes the child with these labels from the exposition (a series that
+  // no longer exists, e.g. a finished job's). References to it obtained
+  // from Add become invalid. Returns whether it existed.
+  bool Remove(const Labels& labels);
 
  private:
   friend class Registry;

@@ -96,6 +96,19 @@ TEST(Family, SameLabelsGiveTheSameChild) {
   EXPECT_EQ(samples.size(), 2u);
 }
 
+TEST(Family, RemoveDropsTheSeriesAndAddStartsItAgainAtZero) {
+  Registry registry;
+  auto& family = registry.AddGauge("lpdetr_finetune_job_step", "help");
+  family.Add({{"job", "a"}}).Set(7);
+  family.Add({{"job", "b"}}).Set(3);
+  EXPECT_TRUE(family.Remove({{"job", "a"}}));
+  EXPECT_FALSE(family.Remove({{"job", "a"}}));
+  auto samples = Samples(registry.Serialize());
+  EXPECT_EQ(samples.count("lpdetr_finetune_job_step{job=\"a\"}"), 0u);
+  EXPECT_EQ(samples["lpdetr_finetune_job_step{job=\"b\"}"], "3");
+  EXPECT_EQ(family.Add({{"job", "a"}}).Value(), 0.0);
+}
+
 TEST(Histogram, CumulativeBucketsSumAndCount) {
   Registry registry;
   std::vector<double> bounds = {0.5, 1.0, 2.0, 5.0};

@@ -114,6 +114,30 @@ TEST_F(ModelRegistryTest, RegisterTwiceGivesVersionsOneAndTwoWithIdenticalFiles)
   EXPECT_TRUE(TmpEntries(root_).empty());
 }
 
+TEST_F(ModelRegistryTest, DefaultModelNamesAnActiveModelAndSurvivesReopen) {
+  EXPECT_EQ(registry_->DefaultModel().status().code(), absl::StatusCode::kNotFound);
+  const std::string v1 = MustRegister("shapes", source_);
+  // A model without an active version cannot be the default.
+  EXPECT_EQ(registry_->SetDefaultModel("shapes").code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(registry_->SetActive("shapes", v1).ok());
+  ASSERT_TRUE(registry_->SetDefaultModel("shapes").ok());
+  const std::string v2 = MustRegister("shapes", source_);
+  ASSERT_TRUE(registry_->SetActive("shapes", v2).ok());
+  auto def = registry_->DefaultModel();
+  ASSERT_TRUE(def.ok()) << def.status();
+  EXPECT_EQ(def->first, "shapes");
+  EXPECT_EQ(def->second, v2);  // follows the model's ACTIVE version
+  EXPECT_EQ(registry_->SetDefaultModel("../x").code(), absl::StatusCode::kInvalidArgument);
+  // DEFAULT is a file at the root, never listed as a model.
+  EXPECT_EQ(registry_->ModelNames(), std::vector<std::string>{"shapes"});
+  registry_.reset();
+  auto reopened = ModelRegistry::Open(root_.string());
+  ASSERT_TRUE(reopened.ok());
+  auto again = (*reopened)->DefaultModel();
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->second, v2);
+}
+
 TEST_F(ModelRegistryTest, RegistryJsonRecordsJobTimeAndAp) {
   const int64_t before = static_cast<int64_t>(::time(nullptr));
   auto info = registry_->Register("shapes", source_.string(), "job-42", 0.625);
