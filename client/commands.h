@@ -2,6 +2,8 @@
 // 0 success, 1 a call or an image failed, 2 bad usage.
 #pragma once
 
+#include <list>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -49,5 +51,30 @@ int RunStream(const ClientOptions& options, const std::string& source);
 int RunHealth(const ClientOptions& options);
 int RunModels(const ClientOptions& options);
 int RunBench(const ClientOptions& options);
+
+// What lpdetr-client reads from argv itself before absl parses it.
+struct RawArguments {
+  // The arguments for absl::ParseCommandLine (nullptr-terminated, the
+  // terminator not counted as an argument): flag names spelled with '-' are
+  // rewritten in place to the '_' of a defined flag ("--output-model" ->
+  // "--output_model"), every --param is taken out, and a flag followed by a
+  // lone "-" value is joined with it.
+  std::vector<char*> argv;
+  // The values of every `--param KEY=VALUE` / `--param=KEY=VALUE`, in order.
+  std::vector<std::string> params;
+  // Names of the defined flags that appear on the command line.
+  std::set<std::string> given;
+  // Arguments rewritten into new strings ("--json -" -> "--json=-"); `argv`
+  // points into them.
+  std::list<std::string> storage;
+};
+
+// Throws std::invalid_argument for a --param without a value.
+RawArguments PreparseArguments(int argc, char** argv);
+
+// `admin SUBCOMMAND ARGS...` (args[0] is the subcommand): AdminService on the
+// admin listener (127.0.0.1:50052 unless --address is given).
+int RunAdmin(const ClientOptions& options, const RawArguments& raw,
+             const std::vector<std::string>& args);
 
 }  // namespace lpdetr::client

@@ -1,5 +1,5 @@
 // lpdetr-client: command-line client of lpdetr-server (DetectionService,
-// ModelService, grpc.health.v1). See `lpdetr-client --help`.
+// ModelService, grpc.health.v1, AdminService). See `lpdetr-client --help`.
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -32,13 +32,14 @@ ABSL_FLAG(std::string, json, "",
           "detect/stream: COCO results JSON ({image_id, category_id, bbox [x,y,w,h], "
           "score}; category_id = the model's dataset category id when it carries a "
           "category map, else the label id); models: model info JSON. Path, or - for "
-          "stdout.");
+          "stdout. admin: the response in the proto JSON mapping.");
 ABSL_FLAG(std::string, draw, "", "detect/stream: write images with boxes drawn to this folder.");
 ABSL_FLAG(int, max_frames, 0, "stream: stop after this many frames; 0 = all.");
 ABSL_FLAG(bool, stop_on_error, false, "stream: end the stream on the first failed frame.");
 ABSL_FLAG(int, jpeg_quality, 90, "stream: JPEG quality of video frames sent.");
 ABSL_FLAG(std::string, service, "", "health: service name (\"\" = whole server).");
-ABSL_FLAG(bool, watch, false, "health: print status changes until the deadline.");
+ABSL_FLAG(bool, watch, false,
+          "health: print status changes until the deadline; admin start: then watch the job.");
 ABSL_FLAG(int, requests, 100, "bench: measured requests.");
 ABSL_FLAG(int, warmup, -1, "bench: warm-up requests before measuring; -1 = concurrency.");
 ABSL_FLAG(std::string, image, "", "bench: image file sent by every request.");
@@ -56,6 +57,9 @@ constexpr char kUsage[] =
     "  models                    list the server's models (ModelService)\n"
     "  bench --image F           load benchmark: --concurrency N --requests M;\n"
     "                            prints throughput (images/s) and p50/p99 latency\n"
+    "  admin SUBCOMMAND          AdminService (token from --token_file or\n"
+    "                            $LPDETR_ADMIN_TOKEN): start, watch, list, get, cancel,\n"
+    "                            resume, log, models, activate, rollback, delete\n"
     "Connection: --address, --timeout, --tls_ca, --tls_cert, --tls_key, --tls_server_name";
 
 lpdetr::client::ClientOptions OptionsFromFlags() {
@@ -99,7 +103,14 @@ int main(int argc, char** argv) {
   usage_config.version_string = [] { return std::string("lpdetr-client " LPDETR_VERSION "\n"); };
   absl::SetFlagsUsageConfig(usage_config);
   absl::SetProgramUsageMessage(kUsage);
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  lpdetr::client::RawArguments raw;
+  try {
+    raw = lpdetr::client::PreparseArguments(argc, argv);
+  } catch (const std::invalid_argument& e) {
+    return Usage(e.what());
+  }
+  std::vector<char*> positional =
+      absl::ParseCommandLine(static_cast<int>(raw.argv.size()) - 1, raw.argv.data());
   if (positional.size() < 2) return Usage("missing COMMAND");
   const std::string command = positional[1];
   const std::vector<std::string> args(positional.begin() + 2, positional.end());
@@ -107,6 +118,8 @@ int main(int argc, char** argv) {
     const lpdetr::client::ClientOptions options = OptionsFromFlags();
     if (options.concurrency < 1) return Usage("--concurrency must be >= 1");
     if (options.images_per_request < 1) return Usage("--images_per_request must be >= 1");
+    if (command == "admin") return lpdetr::client::RunAdmin(options, raw, args);
+    if (!raw.params.empty()) return Usage("--param is an option of `admin start`");
     if (command == "detect") {
       if (args.empty()) return Usage("detect: give at least one image file or folder");
       return lpdetr::client::RunDetect(options, args);

@@ -1,9 +1,12 @@
-"""Command line: python3 -m lpdetr_client [--address A] {detect,stream,health,models} ...
+"""Command line: python3 -m lpdetr_client [--address A] {detect,stream,health,models,admin} ...
 
   detect IMAGE...      print detections (or COCO results with --json)
   stream FOLDER        the folder's images, in name order, through DetectStream
   health               grpc.health.v1 status (exit 0 when SERVING)
   models               the server's models
+  admin SUBCOMMAND     AdminService on the admin listener (default 127.0.0.1:50052,
+                       token from --token_file or LPDETR_ADMIN_TOKEN): start, watch,
+                       list, get, cancel, resume, log, models, activate, rollback, delete
 """
 import argparse
 import json
@@ -12,6 +15,7 @@ import sys
 
 import grpc
 
+from . import _admin_cli
 from .client import Client, coco_results, detection_dicts
 
 _EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -48,8 +52,8 @@ def _model_mismatch(model, response):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 -m lpdetr_client", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--address", default="127.0.0.1:50051")
-    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--address", help="default 127.0.0.1:50051 (admin: 127.0.0.1:50052)")
+    parser.add_argument("--timeout", type=float, help="seconds per call (default 30; 0 = none)")
     parser.add_argument("--tls_ca")
     parser.add_argument("--tls_cert")
     parser.add_argument("--tls_key")
@@ -65,11 +69,15 @@ def main(argv=None):
     health = sub.add_parser("health")
     health.add_argument("--service", default="")
     sub.add_parser("models")
+    _admin_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "admin":
+        return _admin_cli.run(args)
 
-    client = Client(args.address, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                    tls_key=args.tls_key, tls_server_name=args.tls_server_name,
-                    timeout=args.timeout or None)
+    client = Client(args.address or "127.0.0.1:50051", tls_ca=args.tls_ca,
+                    tls_cert=args.tls_cert, tls_key=args.tls_key,
+                    tls_server_name=args.tls_server_name,
+                    timeout=30.0 if args.timeout is None else (args.timeout or None))
     try:
         if args.command == "health":
             status = client.health(args.service)

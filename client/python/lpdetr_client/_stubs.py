@@ -13,6 +13,7 @@ if _extra and _extra not in sys.path:
 try:
     from lpdetr.v1 import detection_pb2, detection_pb2_grpc  # noqa: E402
     from lpdetr.v1 import model_pb2, model_pb2_grpc  # noqa: E402
+    from lpdetr.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -22,5 +23,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 __all__ = [
     "detection_pb2", "detection_pb2_grpc", "model_pb2", "model_pb2_grpc",
+    "admin_pb2", "admin_pb2_grpc",
     "health_pb2", "health_pb2_grpc",
 ]
