@@ -598,10 +598,12 @@ void JobManager::FinishJob(const std::string& id, const ExitStatus& status) {
   // Only this thread removes entries from running_, so `child` stays valid.
   child->Wait();
   std::unique_ptr<Running> r;
+  bool stopping;
   {
     absl::MutexLock lock(&mu_);
     r = std::move(running_.at(id));
     running_.erase(id);
+    stopping = stopping_;
   }
   StoredJob& job = r->job;
   job.pid = 0;
@@ -636,6 +638,11 @@ void JobManager::FinishJob(const std::string& id, const ExitStatus& status) {
   } else if (r->cancelling) {
     job.job.set_state(lpdetr::v1::CANCELLED);
     message = absl::StrCat("cancelled (lpdetr-train: ", status.ToString(), ")");
+  } else if (stopping) {
+    job.job.set_state(lpdetr::v1::INTERRUPTED);
+    job.job.set_finished_at(0);
+    job.job.set_failure_reason(absl::StrCat("the server stopped while the job ran (lpdetr-train: ",
+                                            status.ToString(), "); ResumeJob continues it"));
   } else if (status.Exited(3)) {
     job.job.set_state(lpdetr::v1::INTERRUPTED);
     job.job.set_finished_at(0);
@@ -747,41 +754,23 @@ void JobManager::StartJobLocked(StoredJob job) {
 }
 
 void JobManager::ShutDownChildren() {
-  std::vector<std::string> ids;
+  // One SIGTERM to every child at once (a second one would make lpdetr-train
+  // stop without its checkpoint), then each gets what is left of the grace
+  // period before SIGKILL. Only this thread removes entries from running_,
+  // so the pointers stay valid.
+  std::vector<std::pair<std::string, ChildProcess*>> children;
   {
     absl::MutexLock lock(&mu_);
     for (auto& [id, r] : running_) {
       r->child->Signal(SIGTERM);
-      ids.push_back(id);
+      children.emplace_back(id, r->child.get());
     }
   }
-  for (const std::string& id : ids) {
-    ChildProcess* child;
-    bool cancelling;
-    {
-      absl::MutexLock lock(&mu_);
-      child = running_.at(id)->child.get();
-      cancelling = running_.at(id)->cancelling;
-    }
-    // Only this thread removes entries from running_, so `child` stays valid.
-    ExitStatus status = child->Terminate(options_.cancel_grace);
-    child->Wait();
-    absl::MutexLock lock(&mu_);
-    std::unique_ptr<Running> r = std::move(running_.at(id));
-    running_.erase(id);
-    StoredJob& job = r->job;
-    job.pid = 0;
-    if (cancelling) {
-      job.job.set_state(lpdetr::v1::CANCELLED);
-      job.job.set_finished_at(NowSeconds());
-    } else {
-      job.job.set_state(lpdetr::v1::INTERRUPTED);
-      job.job.set_failure_reason(absl::StrCat(
-          "the server stopped while the job ran (lpdetr-train: ", status.ToString(),
-          "); ResumeJob continues it"));
-    }
-    (void)store_->Update(job);
-    Touch(id, "state", job.job.failure_reason());
+  const absl::Time deadline = absl::Now() + options_.cancel_grace;
+  for (const auto& [id, child] : children) {
+    absl::StatusOr<ExitStatus> status =
+        child->WaitFor(std::max(deadline - absl::Now(), absl::ZeroDuration()));
+    FinishJob(id, status.ok() ? *status : child->Terminate(absl::ZeroDuration()));
   }
 }
 
