@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 SOURCE_DIR = pathlib.Path(os.environ.get("LPDETR_SOURCE_DIR",
                                          pathlib.Path(__file__).resolve().parents[2]))
@@ -65,34 +66,61 @@ def small_model(workdir, name="lp-detr-tiny", min_size=320, max_size=480,
 
 
 class Server:
-    """lpdetr-server on free loopback ports; waits until health says SERVING."""
+    """lpdetr-server on free loopback ports; waits until health says SERVING.
 
-    def __init__(self, model_dir, extra_args=(), startup_timeout=120, tls=None):
+    The admin service's address is a free port too (admin_address; it only
+    listens when a token is configured). env: environment variables to set
+    for the server (a None value removes one).
+    """
+
+    def __init__(self, model_dir, extra_args=(), startup_timeout=120, tls=None, env=None):
         self.port = free_port()
         self.metrics_port = free_port()
+        self.admin_port = free_port()
         self.address = "127.0.0.1:%d" % self.port
+        self.admin_address = "127.0.0.1:%d" % self.admin_port
         self.log_path = pathlib.Path(tempfile.mkstemp(prefix="lpdetr-server-", suffix=".log")[1])
         args = [str(BIN_DIR / "lpdetr-server"),
                 "--grpc_address=" + self.address,
                 "--metrics_address=127.0.0.1:%d" % self.metrics_port,
                 "--num_workers=1", "--intra_op_threads=1"] + list(extra_args)
+        if not any(str(a).startswith("--admin_address") for a in extra_args):
+            args.append("--admin_address=" + self.admin_address)
+        process_env = dict(os.environ)
+        for key, value in (env or {}).items():
+            if value is None:
+                process_env.pop(key, None)
+            else:
+                process_env[key] = value
         if model_dir is not None:  # None: the server's embedded default model
             args.insert(3, "--model_dir=%s" % model_dir)
         self.tls = tls  # dict(ca=..., cert=..., key=...) of the client side
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env=process_env)
         self._wait_serving(startup_timeout)
 
-    def channel(self):
+    def channel(self, address=None):
+        address = address or self.address
         if not self.tls:
-            return grpc.insecure_channel(self.address)
+            return grpc.insecure_channel(address)
         creds = grpc.ssl_channel_credentials(
             root_certificates=pathlib.Path(self.tls["ca"]).read_bytes(),
             private_key=pathlib.Path(self.tls["key"]).read_bytes() if "key" in self.tls else None,
             certificate_chain=(pathlib.Path(self.tls["cert"]).read_bytes()
                                if "cert" in self.tls else None))
-        return grpc.secure_channel(self.address, creds,
+        return grpc.secure_channel(address, creds,
                                    options=[("grpc.ssl_target_name_override", "localhost")])
+
+    def admin_channel(self):
+        """A channel to the admin service (same TLS settings as channel())."""
+        return self.channel(self.admin_address)
+
+    def metrics_text(self, timeout=10):
+        """The Prometheus exposition text of /metrics."""
+        url = "http://127.0.0.1:%d/metrics" % self.metrics_port
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read().decode()
 
     def _wait_serving(self, timeout):
         deadline = time.monotonic() + timeout
