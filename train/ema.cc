@@ -1,6 +1,7 @@
 #include "train/ema.h"
 
 #include <cmath>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -20,9 +21,31 @@ void EmaOptions::Validate() const {
   }
 }
 
+namespace {
+
+// A model for `config` whose (immediately overwritten) random initialisation
+// leaves the global CPU generator as it was: keeping an EMA must not change
+// the training run's random stream (denoising noise, initialisation, ...).
+LpDetr BuildWithoutConsumingRandomness(const ModelConfig& config) {
+  at::Generator generator = at::globalContext().defaultGenerator(at::kCPU);
+  at::Tensor state;
+  {
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    state = generator.get_state();
+  }
+  LpDetr model(config);
+  {
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_state(state);
+  }
+  return model;
+}
+
+}  // namespace
+
 ModelEma::ModelEma(const ModelConfig& config, const torch::nn::Module& source,
                    EmaOptions options)
-    : options_(options), model_(config) {
+    : options_(options), model_(BuildWithoutConsumingRandomness(config)) {
   options_.Validate();
   at::NoGradGuard no_grad;
   LoadStateDict(*model_, StateDict(source), "EMA source");

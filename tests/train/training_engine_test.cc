@@ -300,6 +300,20 @@ at::Tensor Param(const torch::nn::Module& m, const std::string& name) {
   throw std::out_of_range(name);
 }
 
+TEST(ModelEma, KeepingOneLeavesTheRandomStreamUntouched) {
+  const ModelConfig config = TinyConfig();
+  LpDetr model(config);
+  at::manual_seed(7);
+  const at::Tensor without = at::rand({8});
+  at::manual_seed(7);
+  ModelEma ema(config, *model, EmaOptions{});
+  const at::Tensor with = at::rand({8});
+  EXPECT_TRUE(at::equal(with, without));
+  // The EMA starts as an exact copy of the source, not of its own random init.
+  EXPECT_TRUE(at::equal(Param(*ema.model(), "transformer.tgt_embed.weight"),
+                        Param(*model, "transformer.tgt_embed.weight")));
+}
+
 TEST(ModelEma, FollowsTheDecayRamp) {
   const ModelConfig config = TinyConfig();
   LpDetr model(config);
