@@ -131,11 +131,12 @@ bool ProcessMatches(int64_t pid, const std::string& needle) {
   return cmdline.find(needle) != std::string::npos;
 }
 
-// SIGTERM to a leftover child of a previous server (it writes a checkpoint),
-// SIGKILL when it is still there after `grace`.
+// A leftover child of a previous server that died. Children are started
+// with a parent-death SIGTERM, so it is already writing its checkpoint: a
+// second SIGTERM would make lpdetr-train stop without it. It gets `grace` to
+// finish, then SIGKILL.
 void StopLeftover(int64_t pid, const std::string& run_dir, absl::Duration grace) {
   if (pid <= 0 || !ProcessMatches(pid, run_dir)) return;
-  kill(static_cast<pid_t>(pid), SIGTERM);
   const absl::Time deadline = absl::Now() + grace;
   while (absl::Now() < deadline && ProcessMatches(pid, run_dir)) {
     absl::SleepFor(absl::Milliseconds(100));

@@ -335,12 +335,41 @@ TEST_F(JobManagerTest, CreateRecoversJobsOfACrashedServerAndStopsTheirChildren) 
   crashed.pid = (*child)->pid();
   ASSERT_TRUE(store_->Create(crashed).ok());
 
-  CreateManager(DefaultOptions());
+  // The leftover already had its parent-death SIGTERM (here: it ignores
+  // none and exits on none), so it gets the grace period, then SIGKILL.
+  JobManager::Options o = DefaultOptions();
+  o.cancel_grace = absl::Milliseconds(300);
+  CreateManager(o);
   const Job job = *manager_->Get("j-crashed");
   EXPECT_EQ(job.state(), lpdetr::v1::INTERRUPTED);
   auto status = (*child)->WaitFor(absl::Seconds(5));
   ASSERT_TRUE(status.ok()) << status.status();
-  EXPECT_EQ(status->signal, SIGTERM);
+  EXPECT_EQ(status->signal, SIGKILL);
+}
+
+TEST_F(JobManagerTest, ALeftoverThatFinishesItsCheckpointIsNotSignalled) {
+  const fs::path run = root_ / "jobs" / "j-checkpointing" / "run";
+  fs::create_directories(run);
+  ChildProcessOptions leftover;
+  // Writing its checkpoint after the parent-death SIGTERM: done in 0.3 s.
+  leftover.argv = {"/bin/sh", "-c", "sleep 0.3; exit 3", "sh", run.string()};
+  leftover.log_path = (root_ / "leftover.log").string();
+  leftover.kill_with_parent = false;
+  auto child = ChildProcess::Start(leftover);
+  ASSERT_TRUE(child.ok()) << child.status();
+  StoredJob crashed;
+  crashed.job.set_id("j-checkpointing");
+  crashed.job.set_state(lpdetr::v1::RUNNING);
+  crashed.job.mutable_request()->set_output_model("shapes");
+  crashed.run_dir = run.string();
+  crashed.log_path = (run.parent_path() / "job.log").string();
+  crashed.pid = (*child)->pid();
+  ASSERT_TRUE(store_->Create(crashed).ok());
+  CreateManager(DefaultOptions());  // grace 5 s
+  auto status = (*child)->WaitFor(absl::Seconds(5));
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_TRUE(status->Exited(3)) << status->ToString();
+  EXPECT_EQ(manager_->Get("j-checkpointing")->state(), lpdetr::v1::INTERRUPTED);
 }
 
 TEST_F(JobManagerTest, WaitForChangeReturnsAtTheDeadlineWhenNothingChanges) {
