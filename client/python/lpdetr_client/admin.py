@@ -19,6 +19,7 @@ import pathlib
 import grpc
 
 from ._stubs import admin_pb2, admin_pb2_grpc
+from .client import make_channel
 
 DEFAULT_ADMIN_ADDRESS = "127.0.0.1:50052"
 
@@ -81,19 +82,8 @@ class AdminClient:
     def __init__(self, address=DEFAULT_ADMIN_ADDRESS, token=None, *, tls_ca=None,
                  tls_cert=None, tls_key=None, tls_server_name=None, timeout=30.0):
         self._metadata = (("authorization", "Bearer " + load_token(token)),)
-        options = [("grpc.max_receive_message_length", 64 << 20)]
-        if tls_ca or tls_cert or tls_key:
-            if bool(tls_cert) != bool(tls_key):
-                raise ValueError("mutual TLS needs both tls_cert and tls_key")
-            read = lambda p: pathlib.Path(p).read_bytes() if p else None  # noqa: E731
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=read(tls_ca), private_key=read(tls_key),
-                certificate_chain=read(tls_cert))
-            if tls_server_name:
-                options.append(("grpc.ssl_target_name_override", tls_server_name))
-            self._channel = grpc.secure_channel(address, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(address, options=options)
+        self._channel = make_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                                     tls_server_name=tls_server_name)
         self.timeout = timeout
         self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
 

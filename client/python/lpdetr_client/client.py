@@ -54,6 +54,24 @@ def _options(score_threshold=None, max_detections=0, classes=()):
     return options
 
 
+def make_channel(address, *, tls_ca=None, tls_cert=None, tls_key=None, tls_server_name=None):
+    """A gRPC channel to address: TLS when tls_ca / tls_cert / tls_key is set
+    (mutual TLS needs both tls_cert and tls_key), plaintext otherwise."""
+    options = [("grpc.max_receive_message_length", 64 << 20),
+               ("grpc.max_send_message_length", -1)]
+    if not (tls_ca or tls_cert or tls_key):
+        return grpc.insecure_channel(address, options=options)
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("mutual TLS needs both tls_cert and tls_key")
+    read = lambda p: pathlib.Path(p).read_bytes() if p else None  # noqa: E731
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(tls_ca), private_key=read(tls_key),
+        certificate_chain=read(tls_cert))
+    if tls_server_name:
+        options.append(("grpc.ssl_target_name_override", tls_server_name))
+    return grpc.secure_channel(address, credentials, options=options)
+
+
 class Client:
     """Connection to one lpdetr-server.
 
@@ -65,20 +83,8 @@ class Client:
 
     def __init__(self, address="127.0.0.1:50051", *, tls_ca=None, tls_cert=None,
                  tls_key=None, tls_server_name=None, timeout=30.0):
-        options = [("grpc.max_receive_message_length", 64 << 20),
-                   ("grpc.max_send_message_length", -1)]
-        if tls_ca or tls_cert or tls_key:
-            if bool(tls_cert) != bool(tls_key):
-                raise ValueError("mutual TLS needs both tls_cert and tls_key")
-            read = lambda p: pathlib.Path(p).read_bytes() if p else None  # noqa: E731
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=read(tls_ca), private_key=read(tls_key),
-                certificate_chain=read(tls_cert))
-            if tls_server_name:
-                options.append(("grpc.ssl_target_name_override", tls_server_name))
-            self._channel = grpc.secure_channel(address, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(address, options=options)
+        self._channel = make_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                                     tls_server_name=tls_server_name)
         self.timeout = timeout
         self._detection = detection_pb2_grpc.DetectionServiceStub(self._channel)
         self._models = model_pb2_grpc.ModelServiceStub(self._channel)
