@@ -22,4 +22,12 @@ at::Tensor PairwiseGiou(const at::Tensor& boxes1, const at::Tensor& boxes2);
 // the union or the enclosing area (degenerate boxes give inf / NaN there).
 at::Tensor PairwiseGiouXyxy(const at::Tensor& boxes1, const at::Tensor& boxes2);
 
+// Greedy same-class suppression of xyxy boxes [K,4] with labels [K] already
+// sorted by descending score: box i is kept unless a kept box j < i of the
+// same label overlaps it by IoU > iou_threshold. Returns the kept indices
+// [K'] (ascending, int64, on the boxes' device). Runs on the CPU (K is the
+// post-processing's few hundred); not differentiable.
+at::Tensor SameClassNmsKeep(const at::Tensor& boxes, const at::Tensor& labels,
+                            double iou_threshold);
+
 }  // namespace lpdetr

@@ -22,7 +22,7 @@ const std::set<std::string>& KnownKeys() {
       "dec_layers",     "num_feature_levels", "num_points",  "num_queries",
       "hybrid_num_proposals", "hybrid_assign", "denoising_nums", "label_noise_prob",
       "box_noise_scale", "num_classes",
-      "num_select",     "min_size",    "max_size",           "relation",
+      "num_select",     "nms_iou",     "min_size",    "max_size",           "relation",
       "classes",        "category_ids"};
   return keys;
 }
@@ -118,6 +118,7 @@ ModelConfig ModelConfig::FromJson(const json& j) {
   c.box_noise_scale = GetDouble(j, "box_noise_scale", c.box_noise_scale);
   c.num_classes = GetInt(j, "num_classes", c.num_classes);
   c.num_select = GetInt(j, "num_select", c.num_select);
+  c.nms_iou = GetDouble(j, "nms_iou", c.nms_iou);
   c.min_size = GetInt(j, "min_size", c.min_size);
   c.max_size = GetInt(j, "max_size", c.max_size);
   c.relation_heads = c.num_heads;
@@ -198,6 +199,7 @@ json ModelConfig::ToJson() const {
   j["box_noise_scale"] = box_noise_scale;
   j["num_classes"] = num_classes;
   j["num_select"] = num_select;
+  if (nms_iou > 0.0) j["nms_iou"] = nms_iou;  // absent: off, as in official configs
   j["min_size"] = min_size;
   j["max_size"] = max_size;
   j["relation"] = {{"variant", RelationVariantName(relation_variant)},
@@ -246,6 +248,8 @@ void ModelConfig::Validate() const {
               std::to_string(box_noise_scale));
   Require(num_classes >= 1, "'num_classes' must be >= 1");
   Require(num_select >= 1, "'num_select' must be >= 1");
+  Require(nms_iou >= 0.0 && nms_iou < 1.0,
+          "'nms_iou' must be in [0, 1) (0: off), got " + std::to_string(nms_iou));
   Require(min_size >= 32 && max_size >= min_size,
           "'min_size' must be >= 32 and 'max_size' >= 'min_size'");
   Require(relation_heads >= 0 && relation_heads <= num_heads,

@@ -28,6 +28,10 @@
 //                              every denoising box its ground truth
 //   num_classes       int      classifier width (91)
 //   num_select        int      detections kept by post-processing (300)
+//   nms_iou           number   post-processing suppression, in [0, 1) (0: off,
+//                              the official top-k only): a detection whose box
+//                              overlaps a higher-scoring one of the same class
+//                              by IoU > nms_iou is dropped
 //   min_size, max_size int     inference resize (800, 1333)
 //   relation          object   {"variant": "lp-detr" | "relation-detr",
 //                               "heads": K in 0..H (default H)}
@@ -72,6 +76,7 @@ struct ModelConfig {
   double box_noise_scale = 1.0;
   int num_classes = 91;
   int num_select = 300;
+  double nms_iou = 0.0;
   int min_size = 800;
   int max_size = 1333;
   RelationVariant relation_variant = RelationVariant::kLpDetr;

@@ -280,7 +280,7 @@ DetectorOutput LpDetrImpl::forward(const ImageBatch& batch,
 
 std::vector<Detections> LpDetrImpl::PostProcess(const at::Tensor& logits, const at::Tensor& boxes,
                                                 const at::Tensor& image_sizes,
-                                                int64_t num_select) {
+                                                int64_t num_select, double nms_iou) {
   TORCH_CHECK(logits.dim() == 3 && boxes.dim() == 3 && boxes.size(-1) == 4 &&
                   logits.size(0) == boxes.size(0) && logits.size(1) == boxes.size(1),
               "PostProcess expects logits [B,Q,C] and boxes [B,Q,4], got ", logits.sizes(),
@@ -300,7 +300,15 @@ std::vector<Detections> LpDetrImpl::PostProcess(const at::Tensor& logits, const 
   at::Tensor scale = at::stack({w, h, w, h}, 1).unsqueeze(1);
   xyxy = xyxy * scale;
   std::vector<Detections> out;
-  for (int64_t i = 0; i < batch; ++i) out.push_back({scores[i], labels[i], xyxy[i]});
+  for (int64_t i = 0; i < batch; ++i) {
+    Detections d{scores[i], labels[i], xyxy[i]};
+    if (nms_iou > 0.0) {
+      const at::Tensor keep = SameClassNmsKeep(d.boxes, d.labels, nms_iou);
+      d = {d.scores.index_select(0, keep), d.labels.index_select(0, keep),
+           d.boxes.index_select(0, keep)};
+    }
+    out.push_back(std::move(d));
+  }
   return out;
 }
 

@@ -90,9 +90,13 @@ class LpDetrImpl : public torch::nn::Module {
                          const std::vector<TrainTarget>* targets = nullptr);
 
   // Top `num_select` (query, class) pairs per image by sigmoid score; boxes
-  // scaled to image_sizes [B,2] (h, w).
+  // scaled to image_sizes [B,2] (h, w). With nms_iou > 0, a pair whose box
+  // overlaps a higher-scoring pair of the same class by IoU > nms_iou is
+  // dropped (ModelConfig::nms_iou; 0 keeps all num_select, the official
+  // post-processing).
   static std::vector<Detections> PostProcess(const at::Tensor& logits, const at::Tensor& boxes,
-                                             const at::Tensor& image_sizes, int64_t num_select);
+                                             const at::Tensor& image_sizes, int64_t num_select,
+                                             double nms_iou = 0.0);
 
   // alpha per decoder layer [L,3] (lp-detr with relation heads) or undefined.
   at::Tensor ScaleAlpha() const;

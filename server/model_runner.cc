@@ -119,7 +119,7 @@ absl::StatusOr<std::vector<std::vector<RawDetection>>> ModelRunner::Run(
         at::tensor(sizes, at::kLong).view({static_cast<int64_t>(images.size()), 2});
     std::vector<Detections> dets = LpDetrImpl::PostProcess(
         out.pred_logits, out.pred_boxes, image_sizes.to(impl_->device),
-        impl_->loaded.config.num_select);
+        impl_->loaded.config.num_select, impl_->loaded.config.nms_iou);
     std::vector<std::vector<RawDetection>> result(images.size());
     for (size_t i = 0; i < images.size(); ++i) {
       const at::Tensor scores = dets[i].scores.to(at::kCPU, at::kFloat).contiguous();

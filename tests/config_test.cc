@@ -105,6 +105,18 @@ TEST(ConfigTest, RejectsBadValuesWithClearMessages) {
   EXPECT_NE(ErrorOf(json::array()).find("object"), std::string::npos);
 }
 
+TEST(ConfigTest, NmsIouIsOffByDefaultParsesRoundTripsAndIsValidated) {
+  EXPECT_EQ(ModelConfig::FromJson(json::object()).nms_iou, 0.0);
+  // Off: absent from the written config, so official configs stay as they are.
+  EXPECT_FALSE(ModelConfig::FromJson(json::object()).ToJson().contains("nms_iou"));
+  ModelConfig c = ModelConfig::FromJson({{"nms_iou", 0.7}});
+  EXPECT_DOUBLE_EQ(c.nms_iou, 0.7);
+  EXPECT_DOUBLE_EQ(ModelConfig::FromJson(c.ToJson()).nms_iou, 0.7);
+  EXPECT_NE(ErrorOf({{"nms_iou", 1.0}}).find("nms_iou"), std::string::npos);
+  EXPECT_NE(ErrorOf({{"nms_iou", -0.1}}).find("nms_iou"), std::string::npos);
+  EXPECT_NE(ErrorOf({{"nms_iou", "0.5"}}).find("must be a number"), std::string::npos);
+}
+
 TEST(ConfigTest, TrainingKeysParseRoundTripAndDefaultToTheOfficialValues) {
   ModelConfig d = ModelConfig::FromJson(json::object());
   EXPECT_EQ(d.denoising_nums, 100);

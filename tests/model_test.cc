@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "model/box_ops.h"
 #include "model/deform_attn.h"
 #include "model/detector.h"
 #include "model/model_dir.h"
@@ -206,6 +207,46 @@ TEST(DetectorTest, PostProcessSelectsTopScoresAndScalesBoxes) {
   EXPECT_EQ(LpDetrImpl::PostProcess(logits, boxes, at::tensor({int64_t{1}, int64_t{1}}).view({1, 2}), 100)[0]
                 .scores.size(0),
             6);
+}
+
+TEST(DetectorTest, SameClassNmsKeepsTheBestOfOverlappingBoxesOfOneClass) {
+  // Sorted by descending score: 0 and 1 overlap by IoU 0.9 (same class), 2
+  // overlaps 0 as much but has another class, 3 is its own object, 4 overlaps
+  // the suppressed 1 by IoU 0.9 but the kept 0 only by IoU 0.81.
+  const at::Tensor boxes = at::tensor({0.f, 0.f, 10.f, 10.f,  //
+                                       1.f, 0.f, 10.f, 10.f,  //
+                                       0.f, 0.f, 10.f, 9.f,   //
+                                       50.f, 50.f, 60.f, 60.f,  //
+                                       1.f, 0.f, 10.f, 9.f}).view({5, 4});
+  const at::Tensor labels = at::tensor({int64_t{3}, int64_t{3}, int64_t{1}, int64_t{3}, int64_t{3}});
+  at::Tensor keep = SameClassNmsKeep(boxes, labels, 0.85);
+  EXPECT_TRUE(at::equal(keep, at::tensor({int64_t{0}, int64_t{2}, int64_t{3}, int64_t{4}})));
+  keep = SameClassNmsKeep(boxes, labels, 0.8);
+  EXPECT_TRUE(at::equal(keep, at::tensor({int64_t{0}, int64_t{2}, int64_t{3}})));
+  // A threshold of 1 suppresses nothing; no boxes give no indices.
+  EXPECT_EQ(SameClassNmsKeep(boxes, labels, 1.0).size(0), 5);
+  EXPECT_EQ(SameClassNmsKeep(at::zeros({0, 4}), at::zeros({0}, at::kLong), 0.5).size(0), 0);
+  EXPECT_THROW(SameClassNmsKeep(boxes, labels.narrow(0, 0, 4), 0.5), c10::Error);
+}
+
+TEST(DetectorTest, PostProcessWithNmsDropsSameClassDuplicatesOnly) {
+  // Queries 0 and 1 are the same box; 0 scores higher. Query 2 is elsewhere.
+  at::Tensor logits = at::full({1, 3, 2}, -10.0);
+  logits[0][0][0] = 3.0;
+  logits[0][1][0] = 2.0;
+  logits[0][1][1] = 1.5;  // the duplicate box under another class survives
+  logits[0][2][0] = 1.0;
+  const at::Tensor boxes = at::tensor({0.5f, 0.5f, 0.4f, 0.4f, 0.5f, 0.5f, 0.4f, 0.4f, 0.2f,
+                                       0.2f, 0.1f, 0.1f}).view({1, 3, 4});
+  const at::Tensor sizes = at::tensor({int64_t{100}, int64_t{100}}).view({1, 2});
+  const Detections plain = LpDetrImpl::PostProcess(logits, boxes, sizes, 4)[0];
+  ASSERT_EQ(plain.scores.size(0), 4);
+  const Detections nms = LpDetrImpl::PostProcess(logits, boxes, sizes, 4, 0.5)[0];
+  ASSERT_EQ(nms.scores.size(0), 3);
+  EXPECT_TRUE(at::equal(nms.labels, at::tensor({int64_t{0}, int64_t{1}, int64_t{0}})));
+  EXPECT_NEAR(nms.scores[0].item<float>(), 1.0 / (1.0 + std::exp(-3.0)), 1e-6);
+  EXPECT_NEAR(nms.scores[1].item<float>(), 1.0 / (1.0 + std::exp(-1.5)), 1e-6);
+  EXPECT_TRUE(at::allclose(nms.boxes[2], at::tensor({15.f, 15.f, 25.f, 25.f}), 0, 1e-4));
 }
 
 TEST(ModelDirTest, SaveLoadRoundTripAndStrictErrors) {

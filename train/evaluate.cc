@@ -222,7 +222,8 @@ std::vector<CocoDetection> RunOnImages(LpDetr& model, const ModelConfig& config,
     const DetectorOutput result = model->forward(batch);
     const at::Tensor image_sizes = at::tensor(sizes, at::kLong).view({end - start, 2});
     const std::vector<Detections> dets = LpDetrImpl::PostProcess(
-        result.pred_logits, result.pred_boxes, image_sizes.to(device), config.num_select);
+        result.pred_logits, result.pred_boxes, image_sizes.to(device), config.num_select,
+        config.nms_iou);
     for (int64_t i = start; i < end; ++i) {
       AppendDetections(dets[i - start], images[i].id, sizes[2 * (i - start)],
                        sizes[2 * (i - start) + 1], category_ids, &out);

@@ -220,7 +220,7 @@ int RunTensor(int argc, char** argv) {
       {"layer_logits", out.layer_logits}, {"layer_boxes", out.layer_boxes},
       {"enc_logits", out.enc_logits}, {"enc_boxes", out.enc_boxes}};
   auto dets = LpDetrImpl::PostProcess(out.pred_logits, out.pred_boxes, image_sizes,
-                                      loaded.config.num_select);
+                                      loaded.config.num_select, loaded.config.nms_iou);
   for (size_t i = 0; i < dets.size(); ++i) {
     result.emplace_back("scores_" + std::to_string(i), dets[i].scores);
     result.emplace_back("labels_" + std::to_string(i), dets[i].labels);
@@ -286,7 +286,7 @@ int Bench(int argc, char** argv) {
       ScopedStage stage("post-process");
       dets = LpDetrImpl::PostProcess(out.pred_logits, out.pred_boxes,
                                      at::tensor({height, width}).repeat({batch_size, 1}),
-                                     config.num_select);
+                                     config.num_select, config.nms_iou);
       (void)dets[0].scores.sum().item<float>();  // synchronise
     }
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -366,7 +366,7 @@ int Detect(int argc, char** argv) {
   DetectorOutput out = loaded.model(batch);
   auto dets = LpDetrImpl::PostProcess(out.pred_logits, out.pred_boxes,
                                       at::tensor({int64_t{rgb.rows}, int64_t{rgb.cols}}).view({1, 2}),
-                                      c.num_select)[0];
+                                      c.num_select, c.nms_iou)[0];
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   at::Tensor scores = dets.scores.to(at::kCPU), labels = dets.labels.to(at::kCPU);
   at::Tensor boxes = dets.boxes.to(at::kCPU);

@@ -46,7 +46,8 @@ class DefaultModelTest(unittest.TestCase):
 
         Each of the three shapes is found with a tight box (IoU > 0.8) and the
         highest-scoring detection on it has its label; every detection lies on
-        one of them (nothing found in the background)."""
+        one of them (nothing found in the background); no shape carries two
+        detections of one label (the model's same-class suppression)."""
         self.assertTrue(detections)
         for name, truth in SAMPLE_SHAPES.items():
             on_it = sorted((d for d in detections if iou(d[2], truth) > 0.8),
@@ -56,6 +57,9 @@ class DefaultModelTest(unittest.TestCase):
         for label, score, box in detections:
             self.assertTrue(any(iou(box, t) > 0.8 for t in SAMPLE_SHAPES.values()),
                             (label, score, box))
+        for truth in SAMPLE_SHAPES.values():
+            labels = [d[0] for d in detections if iou(d[2], truth) > 0.5]
+            self.assertEqual(len(labels), len(set(labels)), detections)
 
     def test_lists_the_six_shape_classes(self):
         models = self.client.list_models()
