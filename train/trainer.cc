@@ -70,6 +70,20 @@ bool OutputsFinite(const DetectorOutput& o) {
   return true;
 }
 
+// The values of `loss.total` and then of each of `loss.losses`, as doubles,
+// fetched from the device with one copy instead of one sync per term.
+std::vector<double> LossValues(const CriterionResult& loss) {
+  std::vector<at::Tensor> parts;
+  parts.reserve(loss.losses.size() + 1);
+  parts.push_back(loss.total.detach().reshape({1}).to(at::kDouble));
+  for (const auto& [name, value] : loss.losses) {
+    parts.push_back(value.detach().reshape({1}).to(at::kDouble));
+  }
+  const at::Tensor host = at::cat(parts).cpu().contiguous();
+  const double* data = host.data_ptr<double>();
+  return std::vector<double>(data, data + host.numel());
+}
+
 double Seconds(std::chrono::steady_clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
@@ -452,11 +466,14 @@ RunResult Trainer::TrainOneStep(int64_t batches) {
       break;
     }
     CriterionResult loss = (*criterion_)(out, batch->targets);
-    const double total = loss.total.item<double>();
+    // The total and every term in one host copy: values[0] is the total,
+    // values[1 + i] term i.
+    const std::vector<double> values = LossValues(loss);
+    const double total = values[0];
     if (!std::isfinite(total) && bad_term.empty()) {
-      for (const auto& [name, value] : loss.losses) {
-        if (!std::isfinite(value.item<double>())) {
-          bad_term = "the loss (" + name + ")";
+      for (size_t i = 0; i < loss.losses.size(); ++i) {
+        if (!std::isfinite(values[1 + i])) {
+          bad_term = "the loss (" + loss.losses[i].first + ")";
           break;
         }
       }
@@ -469,7 +486,7 @@ RunResult Trainer::TrainOneStep(int64_t batches) {
       for (const auto& [name, value] : loss.losses) losses.emplace_back(name, 0.0);
     }
     for (size_t i = 0; i < loss.losses.size() && i < losses.size(); ++i) {
-      losses[i].second += loss.losses[i].second.item<double>() / static_cast<double>(batches);
+      losses[i].second += values[1 + i] / static_cast<double>(batches);
     }
   }
   const int64_t failed_step = state_.step + 1;
@@ -671,97 +688,97 @@ void Trainer::WritePlots() {
 
 // ------------------------------------------------------------ TrainConfig JSON
 
+namespace {
+
+// Calls `visit(key, member)` for every member of run.json: the one list of
+// its keys, shared by ToJson and FromJson. "betas" is the one key that holds
+// two members: `visit(key, beta1, beta2)`. `Config` is TrainConfig or
+// const TrainConfig.
+template <typename Config, typename Visitor>
+void VisitRunJsonFields(Config& c, Visitor&& visit) {
+  visit("train_annotations", c.train_annotations);
+  visit("train_images", c.train_images);
+  visit("val_annotations", c.val_annotations);
+  visit("val_images", c.val_images);
+  visit("base_model", c.base_model);
+  visit("model_config", c.model_config);
+  visit("backbone_training", c.backbone_training);
+  visit("export_dtype", c.export_dtype);
+  visit("epochs", c.epochs);
+  visit("batch_size", c.batch_size);
+  visit("accumulate_steps", c.accumulate_steps);
+  visit("max_steps", c.max_steps);
+  visit("lr", c.optimizer.lr);
+  visit("weight_decay", c.optimizer.weight_decay);
+  visit("betas", c.optimizer.beta1, c.optimizer.beta2);
+  visit("eps", c.optimizer.eps);
+  visit("max_grad_norm", c.optimizer.max_grad_norm);
+  visit("lr_milestones", c.schedule.milestones);
+  visit("lr_gamma", c.schedule.gamma);
+  visit("lr_warmup_steps", c.schedule.warmup_steps);
+  visit("ema", c.ema);
+  visit("ema_decay", c.ema_options.decay);
+  visit("ema_warmup_steps", c.ema_options.warmup_steps);
+  visit("eval_every", c.eval_every);
+  visit("best_metric", c.best_metric);
+  visit("checkpoint_every", c.checkpoint_every);
+  visit("keep_checkpoints", c.keep_checkpoints);
+  visit("augment", c.augment);
+  visit("scales", c.augment_options.scales);
+  visit("max_size", c.augment_options.max_size);
+  visit("crop_resize_scales", c.augment_options.crop_resize_scales);
+  visit("crop_min", c.augment_options.crop_min);
+  visit("crop_max", c.augment_options.crop_max);
+  visit("flip_prob", c.augment_options.flip_prob);
+  visit("seed", c.seed);
+  visit("workers", c.workers);
+  visit("prefetch", c.prefetch);
+  visit("eval_batch_size", c.eval_batch_size);
+  visit("log_every", c.log_every);
+}
+
+// The ToJson visitor: each member becomes `key: value`, a pair `[a, b]`.
+struct RunJsonWriter {
+  nlohmann::json* out;
+  template <typename T>
+  void operator()(const char* key, const T& value) const {
+    (*out)[key] = value;
+  }
+  void operator()(const char* key, double first, double second) const {
+    (*out)[key] = {first, second};
+  }
+};
+
+// The FromJson visitor: keys that are absent keep the member's default; a
+// pair is taken only when the array has exactly two entries.
+struct RunJsonReader {
+  const nlohmann::json* in;
+  template <typename T>
+  void operator()(const char* key, T& value) const {
+    Read(*in, key, &value);
+  }
+  void operator()(const char* key, double& first, double& second) const {
+    std::vector<double> pair;
+    Read(*in, key, &pair);
+    if (pair.size() == 2) {
+      first = pair[0];
+      second = pair[1];
+    }
+  }
+};
+
+}  // namespace
+
 nlohmann::json TrainConfig::ToJson() const {
-  return {
-      {"train_annotations", train_annotations},
-      {"train_images", train_images},
-      {"val_annotations", val_annotations},
-      {"val_images", val_images},
-      {"base_model", base_model},
-      {"model_config", model_config},
-      {"backbone_training", backbone_training},
-      {"export_dtype", export_dtype},
-      {"epochs", epochs},
-      {"batch_size", batch_size},
-      {"accumulate_steps", accumulate_steps},
-      {"max_steps", max_steps},
-      {"lr", optimizer.lr},
-      {"weight_decay", optimizer.weight_decay},
-      {"betas", {optimizer.beta1, optimizer.beta2}},
-      {"eps", optimizer.eps},
-      {"max_grad_norm", optimizer.max_grad_norm},
-      {"lr_milestones", schedule.milestones},
-      {"lr_gamma", schedule.gamma},
-      {"lr_warmup_steps", schedule.warmup_steps},
-      {"ema", ema},
-      {"ema_decay", ema_options.decay},
-      {"ema_warmup_steps", ema_options.warmup_steps},
-      {"eval_every", eval_every},
-      {"best_metric", best_metric},
-      {"checkpoint_every", checkpoint_every},
-      {"keep_checkpoints", keep_checkpoints},
-      {"augment", augment},
-      {"scales", augment_options.scales},
-      {"max_size", augment_options.max_size},
-      {"crop_resize_scales", augment_options.crop_resize_scales},
-      {"crop_min", augment_options.crop_min},
-      {"crop_max", augment_options.crop_max},
-      {"flip_prob", augment_options.flip_prob},
-      {"seed", seed},
-      {"workers", workers},
-      {"prefetch", prefetch},
-      {"eval_batch_size", eval_batch_size},
-      {"log_every", log_every},
-  };
+  nlohmann::json j = nlohmann::json::object();
+  VisitRunJsonFields(*this, RunJsonWriter{&j});
+  return j;
 }
 
 TrainConfig TrainConfig::FromJson(const nlohmann::json& j) {
   if (!j.is_object()) throw std::invalid_argument("run configuration: not a JSON object");
   TrainConfig c;
-  Read(j, "train_annotations", &c.train_annotations);
-  Read(j, "train_images", &c.train_images);
-  Read(j, "val_annotations", &c.val_annotations);
-  Read(j, "val_images", &c.val_images);
-  Read(j, "base_model", &c.base_model);
-  Read(j, "model_config", &c.model_config);
-  Read(j, "backbone_training", &c.backbone_training);
-  Read(j, "export_dtype", &c.export_dtype);
-  Read(j, "epochs", &c.epochs);
-  Read(j, "batch_size", &c.batch_size);
-  Read(j, "accumulate_steps", &c.accumulate_steps);
-  Read(j, "max_steps", &c.max_steps);
-  Read(j, "lr", &c.optimizer.lr);
-  Read(j, "weight_decay", &c.optimizer.weight_decay);
-  std::vector<double> betas;
-  Read(j, "betas", &betas);
-  if (betas.size() == 2) {
-    c.optimizer.beta1 = betas[0];
-    c.optimizer.beta2 = betas[1];
-  }
-  Read(j, "eps", &c.optimizer.eps);
-  Read(j, "max_grad_norm", &c.optimizer.max_grad_norm);
-  Read(j, "lr_milestones", &c.schedule.milestones);
-  Read(j, "lr_gamma", &c.schedule.gamma);
-  Read(j, "lr_warmup_steps", &c.schedule.warmup_steps);
-  Read(j, "ema", &c.ema);
-  Read(j, "ema_decay", &c.ema_options.decay);
-  Read(j, "ema_warmup_steps", &c.ema_options.warmup_steps);
-  Read(j, "eval_every", &c.eval_every);
-  Read(j, "best_metric", &c.best_metric);
-  Read(j, "checkpoint_every", &c.checkpoint_every);
-  Read(j, "keep_checkpoints", &c.keep_checkpoints);
-  Read(j, "augment", &c.augment);
-  Read(j, "scales", &c.augment_options.scales);
-  Read(j, "max_size", &c.augment_options.max_size);
-  Read(j, "crop_resize_scales", &c.augment_options.crop_resize_scales);
-  Read(j, "crop_min", &c.augment_options.crop_min);
-  Read(j, "crop_max", &c.augment_options.crop_max);
-  Read(j, "flip_prob", &c.augment_options.flip_prob);
-  Read(j, "seed", &c.seed);
-  Read(j, "workers", &c.workers);
-  Read(j, "prefetch", &c.prefetch);
-  Read(j, "eval_batch_size", &c.eval_batch_size);
-  Read(j, "log_every", &c.log_every);
+  VisitRunJsonFields(c, RunJsonReader{&j});
   return c;
 }
 
