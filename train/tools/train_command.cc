@@ -1,7 +1,11 @@
 // lpdetr-train train / resume: the training engine (train/trainer.h) on the
 // command line. SIGTERM or SIGINT asks for a stop: the step in progress
-// finishes, a resumable checkpoint is written and the process exits 3 (a
-// second signal kills it at once).
+// finishes, a resumable checkpoint is written and the process exits 3. A
+// second Ctrl-C (SIGINT) kills it at once; repeated SIGTERMs do not (a
+// supervisor's parent-death signal can arrive several times as its threads
+// exit; the supervisor sends SIGKILL itself after its grace period). SIGPIPE
+// is ignored: the progress reader going away (a crashed server) must not
+// kill the run before its checkpoint.
 #include <signal.h>
 
 #include <atomic>
@@ -99,7 +103,7 @@ std::atomic<bool> g_stop_requested{false};
 
 void OnStopSignal(int signal) {
   g_stop_requested.store(true);
-  std::signal(signal, SIG_DFL);  // a second signal ends the process
+  if (signal == SIGINT) std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process
 }
 
 void InstallStopHandlers() {
@@ -108,6 +112,7 @@ void InstallStopHandlers() {
   sigemptyset(&action.sa_mask);
   sigaction(SIGTERM, &action, nullptr);
   sigaction(SIGINT, &action, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);  // a write to a closed pipe fails with EPIPE instead
 }
 
 ProgressReporter::Mode ParseProgressMode(const std::string& mode) {
