@@ -1,5 +1,6 @@
 #include "server/admin_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <map>
@@ -12,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/admin/admin_auth.h"
 #include "server/admin/confined_path.h"
+#include "server/admin/dataset_check.h"
 #include "server/log.h"
 #include "server/status_util.h"
 
@@ -28,6 +30,14 @@ double Since(std::chrono::steady_clock::time_point t0) {
 // The state name as a metrics label value ("running").
 std::string StateLabel(JobState state) {
   return absl::AsciiStrToLower(lpdetr::v1::JobState_Name(state));
+}
+
+// A job's wall time from its first start to its end (now for an
+// INTERRUPTED job, which has no end time); 0 for one that never started.
+double JobSeconds(const Job& job) {
+  if (job.started_at() <= 0) return 0;
+  const int64_t end = job.finished_at() > 0 ? job.finished_at() : absl::ToUnixSeconds(absl::Now());
+  return static_cast<double>(std::max<int64_t>(0, end - job.started_at()));
 }
 
 std::vector<double> DurationBuckets() {
@@ -84,6 +94,12 @@ absl::StatusOr<std::unique_ptr<AdminServiceImpl>> AdminServiceImpl::Create(
           .Set(static_cast<double>(version));
     }
   }
+  // Every job's end is observed when it happens, once: also a job that
+  // starts and ends between two refreshes. Jobs that ended before this
+  // server started are not observed again.
+  service->jobs_->SetEndListener([m = service->job_metrics_.get()](const Job& job) {
+    m->duration.Add({{"state", StateLabel(job.state())}}).Observe(JobSeconds(job));
+  });
   service->RefreshMetrics();
   service->metrics_thread_ = std::thread([s = service.get()] { s->MetricsLoop(); });
   return service;
@@ -101,6 +117,7 @@ AdminServiceImpl::AdminServiceImpl(Options options, std::shared_ptr<admin::JobMa
       job_metrics_(std::make_unique<JobMetrics>(*metrics_->registry())) {}
 
 AdminServiceImpl::~AdminServiceImpl() {
+  jobs_->SetEndListener(nullptr);  // before job_metrics_ goes
   BeginShutdown();
   if (metrics_thread_.joinable()) metrics_thread_.join();
 }
@@ -128,7 +145,7 @@ grpc::Status AdminServiceImpl::Handle(grpc::ServerContext* context, const char* 
 }
 
 absl::StatusOr<admin::FineTuneSpec> AdminServiceImpl::Resolve(
-    const lpdetr::v1::StartFineTuneRequest& request) {
+    const lpdetr::v1::StartFineTuneRequest& request, DatasetReport* datasets) {
   admin::FineTuneSpec spec;
   spec.request = request;
   if (request.train_annotations().empty() || request.train_images().empty()) {
@@ -157,14 +174,61 @@ absl::StatusOr<admin::FineTuneSpec> AdminServiceImpl::Resolve(
            {request.val_images(), "val_images", &spec.val_images}}) {
     if (absl::Status s = resolve(user, field, out); !s.ok()) return s;
   }
+  if (absl::Status s = ResolveBaseModel(request, &spec); !s.ok()) return s;
+  // The request's own checks (JobManager::Start repeats them) before the
+  // datasets, which take longer.
+  if (absl::Status s = admin::ModelRegistry::ValidateName(request.output_model()); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("output_model: ", s.message()));
+  }
+  if (absl::StatusOr<std::vector<std::string>> args =
+          admin::JobManager::TrainArguments(spec, "RUN", 1);
+      !args.ok()) {
+    return args.status();
+  }
+  // Messages name the paths as the request gave them, never as resolved
+  // (a symbolic link's target stays unsaid, as in ResolveConfined).
+  struct Split {
+    const std::string& annotations;
+    const std::string& images;
+    const std::string& user_annotations;
+    const std::string& user_images;
+    const char* annotations_field;
+    const char* images_field;
+    admin::DatasetSummary* summary;
+  };
+  for (const Split& d :
+       {Split{spec.train_annotations, spec.train_images, request.train_annotations(),
+              request.train_images(), "train_annotations", "train_images", &datasets->train},
+        Split{spec.val_annotations, spec.val_images, request.val_annotations(),
+              request.val_images(), "val_annotations", "val_images", &datasets->val}}) {
+    if (d.annotations.empty()) continue;
+    absl::StatusOr<admin::CocoAnnotations> read =
+        admin::ReadCocoAnnotations(d.annotations, d.user_annotations);
+    absl::Status checked = read.status();
+    const char* field = d.annotations_field;
+    if (read.ok()) {
+      checked = admin::CheckImageFiles(*read, d.images, d.user_images);
+      field = d.images_field;
+      *d.summary = read->summary;
+    }
+    if (!checked.ok()) {
+      datasets->field = field;
+      return absl::Status(checked.code(), absl::StrCat(field, ": ", checked.message()));
+    }
+  }
+  return spec;
+}
+
+absl::Status AdminServiceImpl::ResolveBaseModel(const lpdetr::v1::StartFineTuneRequest& request,
+                                                admin::FineTuneSpec* spec) {
   if (request.base_model().empty()) {
     if (!request.base_version().empty()) {
       return absl::InvalidArgumentError("base_version needs a base_model");
     }
     std::shared_ptr<ServedModel> model = models_->Find("");
     if (!model) return absl::UnavailableError("no model is serving to start from");
-    spec.base_model_dir = model->description().dir;
-    return spec;
+    spec->base_model_dir = model->description().dir;
+    return absl::OkStatus();
   }
   std::string version = request.base_version();
   if (version.empty()) {
@@ -177,23 +241,43 @@ absl::StatusOr<admin::FineTuneSpec> AdminServiceImpl::Resolve(
   }
   absl::StatusOr<admin::ModelVersionInfo> base = registry_->Get(request.base_model(), version);
   if (!base.ok()) {
-    return absl::Status(base.status().code(), absl::StrCat("base_model: ", base.status().message()));
+    return absl::Status(base.status().code(),
+                        absl::StrCat("base_model: ", base.status().message()));
   }
-  spec.base_model_dir = base->path;
-  return spec;
+  spec->base_model_dir = base->path;
+  return absl::OkStatus();
 }
 
 grpc::Status AdminServiceImpl::StartFineTune(grpc::ServerContext* context,
                                              const lpdetr::v1::StartFineTuneRequest* request,
                                              Job* response) {
   return Handle(context, "StartFineTune", [&]() -> absl::Status {
-    absl::StatusOr<admin::FineTuneSpec> spec = Resolve(*request);
-    if (!spec.ok()) return spec.status();
+    DatasetReport datasets;
+    absl::StatusOr<admin::FineTuneSpec> spec = Resolve(*request, &datasets);
+    if (!spec.ok()) {
+      if (!datasets.field.empty()) {
+        // The request itself was fine; its data is not. Paths as resolved
+        // inside the data root; nothing else of the request is logged.
+        LogEvent(LogLevel::kWarning, "job_rejected",
+                 {{"output_model", request->output_model()},
+                  {"field", datasets.field},
+                  {"code", CodeName(spec.status().code())},
+                  {"error", std::string(spec.status().message())}});
+      }
+      return spec.status();
+    }
     absl::StatusOr<Job> job = jobs_->Start(*spec);
     if (!job.ok()) return job.status();
-    LogEvent(LogLevel::kInfo, "job_queued",
-             {{"job", job->id()}, {"output_model", request->output_model()},
-              {"base_model", spec->base_model_dir}});
+    nlohmann::json fields = {{"job", job->id()},
+                             {"output_model", request->output_model()},
+                             {"base_model", spec->base_model_dir},
+                             {"train_image_count", datasets.train.images},
+                             {"train_annotation_count", datasets.train.annotations}};
+    if (!spec->val_annotations.empty()) {
+      fields["val_image_count"] = datasets.val.images;
+      fields["val_annotation_count"] = datasets.val.annotations;
+    }
+    LogEvent(LogLevel::kInfo, "job_queued", std::move(fields));
     *response = *std::move(job);
     return absl::OkStatus();
   });
@@ -444,8 +528,8 @@ void AdminServiceImpl::RefreshMetrics() {
     }
     running_seen_ = running;
   }
-  // Jobs that stopped running since the last refresh: their series go, and
-  // a finished one's duration is observed.
+  // Jobs that stopped running since the last refresh: their series go (the
+  // end listener observed their durations).
   for (const std::string& id : ended) {
     absl::StatusOr<Job> job = jobs_->Get(id);
     if (!job.ok()) continue;
@@ -454,11 +538,6 @@ void AdminServiceImpl::RefreshMetrics() {
     job_metrics_->total_steps.Remove(labels);
     job_metrics_->loss.Remove(labels);
     job_metrics_->images_per_second.Remove(labels);
-    if (admin::JobManager::IsFinal(job->state()) && job->started_at() > 0 &&
-        job->finished_at() >= job->started_at()) {
-      job_metrics_->duration.Add({{"state", StateLabel(job->state())}})
-          .Observe(static_cast<double>(job->finished_at() - job->started_at()));
-    }
   }
 }
 

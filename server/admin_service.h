@@ -18,9 +18,19 @@
 //   lpdetr_finetune_job_total_steps{job,model}        gauge, running jobs
 //   lpdetr_finetune_job_loss{job,model}               gauge, running jobs
 //   lpdetr_finetune_job_images_per_second{job,model}  gauge, running jobs
-//   lpdetr_finetune_job_duration_seconds{state}       histogram, finished jobs
+//   lpdetr_finetune_job_duration_seconds{state}       histogram, ended jobs
 //   lpdetr_model_activations_total{kind,result}       counter (activate|rollback, ok|failed)
 //   lpdetr_model_active_version{name}                 gauge, the serving version number
+//
+// The duration histogram observes each job once when it ends (SUCCEEDED,
+// FAILED, CANCELLED or INTERRUPTED, told by JobManager's end listener): its
+// wall time from first start to end, 0 for a job cancelled while queued. Jobs
+// that ended before this server started are not observed.
+//
+// StartFineTune checks the datasets (admin/dataset_check.h) after resolving
+// their paths and before queueing: a dataset lpdetr-train would refuse is
+// refused here, with the field at fault as the message's prefix, and logged
+// as `job_rejected`.
 //
 // Threading: thread-safe (gRPC calls the handlers on its threads); one
 // metrics thread.
@@ -38,6 +48,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "lpdetr/v1/admin.grpc.pb.h"
+#include "server/admin/dataset_check.h"
 #include "server/admin/job_manager.h"
 #include "server/admin/model_registry.h"
 #include "server/model_host.h"
@@ -104,7 +115,17 @@ class AdminServiceImpl final : public lpdetr::v1::AdminService::Service {
   // The auth check, the call and its request count, for unary calls.
   template <typename Fn>
   grpc::Status Handle(grpc::ServerContext* context, const char* method, Fn&& fn);
-  absl::StatusOr<admin::FineTuneSpec> Resolve(const lpdetr::v1::StartFineTuneRequest& request);
+  // What the dataset checks of a StartFineTune found.
+  struct DatasetReport {
+    std::string field;  // the request field at fault; empty: not a dataset error
+    admin::DatasetSummary train, val;
+  };
+  // The request checked and its paths resolved; last, its datasets checked
+  // (admin/dataset_check.h), each error prefixed by the field at fault.
+  absl::StatusOr<admin::FineTuneSpec> Resolve(const lpdetr::v1::StartFineTuneRequest& request,
+                                              DatasetReport* datasets);
+  absl::Status ResolveBaseModel(const lpdetr::v1::StartFineTuneRequest& request,
+                                admin::FineTuneSpec* spec);
   // Loads `version` of `name`, switches to it and records it in the registry.
   absl::StatusOr<lpdetr::v1::ModelVersion> Serve(const std::string& name,
                                                  const std::string& version, const char* kind,

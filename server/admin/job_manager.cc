@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/admin/atomic_file.h"
 
 namespace lpdetr::admin {
 namespace {
@@ -56,22 +57,6 @@ bool ValidFlagName(const std::string& name) {
   return std::all_of(name.begin(), name.end(), [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
   });
-}
-
-absl::Status WriteFileAtomically(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp.string()));
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), ": ", ec.message()));
-  }
-  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<std::string>> ReadCommand(const fs::path& path) {
@@ -336,6 +321,15 @@ absl::Status JobManager::SaveLocked(const StoredJob& job) {
   return store_->Update(job);
 }
 
+void JobManager::SetEndListener(EndListener listener) {
+  absl::MutexLock lock(&mu_);
+  end_listener_ = std::move(listener);
+}
+
+void JobManager::NotifyEndLocked(const Job& job) {
+  if (end_listener_) end_listener_(job);
+}
+
 absl::StatusOr<Job> JobManager::Start(const FineTuneSpec& spec) {
   if (absl::Status s = ModelRegistry::ValidateName(spec.request.output_model()); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("output_model: ", s.message()));
@@ -414,6 +408,7 @@ absl::StatusOr<Job> JobManager::Cancel(const std::string& id) {
     job->job.set_state(lpdetr::v1::CANCELLED);
     job->job.set_finished_at(NowSeconds());
     if (absl::Status s = SaveLocked(*job); !s.ok()) return s;
+    NotifyEndLocked(job->job);
     Touch(id, "state", "cancelled");
     return job->job;
   }
@@ -660,6 +655,7 @@ void JobManager::FinishJob(const std::string& id, const ExitStatus& status) {
   if (message.empty()) message = job.job.failure_reason();
   absl::MutexLock lock(&mu_);
   (void)store_->Update(job);
+  NotifyEndLocked(job.job);
   Touch(id, "state", message);
   wake_ = true;
 }
@@ -738,6 +734,7 @@ void JobManager::StartJobLocked(StoredJob job) {
     job.job.set_failure_reason(absl::StrCat("cannot start lpdetr-train: ", problem.message()));
     job.job.set_finished_at(NowSeconds());
     (void)store_->Update(job);
+    NotifyEndLocked(job.job);
     Touch(id, "state", job.job.failure_reason());
     return;
   }

@@ -32,6 +32,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -153,6 +154,17 @@ class JobManager {
   // Whether a state is final (SUCCEEDED, FAILED, CANCELLED).
   static bool IsFinal(lpdetr::v1::JobState state);
 
+  // Told of every transition this manager makes into SUCCEEDED, FAILED,
+  // CANCELLED or INTERRUPTED, once each, with the job as recorded (an
+  // INTERRUPTED job has finished_at 0; one that never started, started_at
+  // 0). Not told of those Create() recovers: they ended in an earlier
+  // process. Called on the thread making the transition, with the manager's
+  // lock held: it must be quick and must not call the manager.
+  using EndListener = std::function<void(const lpdetr::v1::Job& job)>;
+  // Replaces the listener (nullptr: none); once it returns, the old one is
+  // not running and is never called again.
+  void SetEndListener(EndListener listener);
+
   // The lpdetr-train arguments (after the program name) that train `spec`
   // into `run_dir` with `threads` threads. Exposed for tests.
   static absl::StatusOr<std::vector<std::string>> TrainArguments(const FineTuneSpec& spec,
@@ -185,6 +197,7 @@ class JobManager {
   // The job's record: the live one while it runs, else the store's.
   absl::StatusOr<StoredJob> LoadLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status SaveLocked(const StoredJob& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void NotifyEndLocked(const lpdetr::v1::Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
   const std::shared_ptr<JobStore> store_;
@@ -194,6 +207,7 @@ class JobManager {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::string, std::unique_ptr<Running>> running_ ABSL_GUARDED_BY(mu_);
+  EndListener end_listener_ ABSL_GUARDED_BY(mu_);
   // Per job: its sequence number and what changed last.
   struct Change {
     int64_t sequence = 1;

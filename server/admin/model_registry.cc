@@ -24,6 +24,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
+#include "server/admin/atomic_file.h"
 
 namespace lpdetr::admin {
 namespace {
@@ -63,56 +64,6 @@ std::string RandomSuffix() {
   return absl::StrCat(absl::Hex(gen(), absl::kZeroPad16));
 }
 
-absl::Status FsyncPath(const fs::path& path, bool directory) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0));
-  if (fd < 0) return ErrnoError("cannot open", path.string());
-  const int rc = ::fsync(fd);
-  const int saved = errno;
-  ::close(fd);
-  errno = saved;
-  if (rc != 0) return ErrnoError("cannot fsync", path.string());
-  return absl::OkStatus();
-}
-
-absl::Status WriteAll(int fd, const char* data, size_t size, const std::string& path) {
-  while (size > 0) {
-    const ssize_t n = ::write(fd, data, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError("cannot write", path);
-    }
-    data += n;
-    size -= static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
-}
-
-// Creates `path` (which must not exist) with `contents` and fsyncs it.
-absl::Status WriteNewFile(const fs::path& path, std::string_view contents) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError("cannot create", path.string());
-  absl::Status status = WriteAll(fd, contents.data(), contents.size(), path.string());
-  if (status.ok() && ::fsync(fd) != 0) status = ErrnoError("cannot fsync", path.string());
-  ::close(fd);
-  return status;
-}
-
-// Replaces dir/name with `contents`: temp file, fsync, rename, fsync dir.
-absl::Status WriteFileAtomically(const fs::path& dir, std::string_view name,
-                                 std::string_view contents) {
-  const fs::path tmp = dir / absl::StrCat(kTmpPrefix, Av(name), "-", RandomSuffix());
-  absl::Status status = WriteNewFile(tmp, contents);
-  if (status.ok() && ::rename(tmp.c_str(), (dir / std::string(name)).c_str()) != 0) {
-    status = ErrnoError("cannot rename", tmp.string());
-  }
-  if (!status.ok()) {
-    std::error_code ec;
-    fs::remove(tmp, ec);
-    return status;
-  }
-  return FsyncPath(dir, /*directory=*/true);
-}
-
 // Copies the regular file `src` to the new file `dst` and fsyncs it.
 absl::Status CopyFile(const fs::path& src, const fs::path& dst) {
   const int in = ::open(src.c_str(), O_RDONLY | O_CLOEXEC);
@@ -133,7 +84,7 @@ absl::Status CopyFile(const fs::path& src, const fs::path& dst) {
     } else if (n == 0) {
       break;
     } else {
-      status = WriteAll(out, buffer.data(), static_cast<size_t>(n), dst.string());
+      status = WriteFully(out, absl::string_view(buffer.data(), static_cast<size_t>(n)), dst);
     }
   }
   if (status.ok() && ::fsync(out) != 0) status = ErrnoError("cannot fsync", dst.string());
@@ -172,7 +123,7 @@ absl::Status CopyTree(const fs::path& src, const fs::path& dst) {
     }
   }
   for (const fs::path& dir : dirs) {
-    if (absl::Status s = FsyncPath(dir, /*directory=*/true); !s.ok()) return s;
+    if (absl::Status s = SyncDirectory(dir); !s.ok()) return s;
   }
   return absl::OkStatus();
 }
@@ -320,7 +271,7 @@ absl::StatusOr<std::string> ModelRegistry::AssignVersion(std::string_view name) 
   if (!existing.empty()) next = std::max(next, VersionNumber(existing.back()) + 1);
   // The counter moves first: a crash before the rename skips a number but
   // never hands one out twice.
-  if (absl::Status s = WriteFileAtomically(dir, kCounterFile, absl::StrCat(next + 1, "\n"));
+  if (absl::Status s = WriteFileAtomically(dir / kCounterFile, absl::StrCat(next + 1, "\n"));
       !s.ok()) {
     return s;
   }
@@ -342,7 +293,7 @@ absl::StatusOr<ModelVersionInfo> ModelRegistry::Register(std::string_view name,
   const bool created = fs::create_directories(dir, ec);
   if (ec) return FsError("cannot create", dir, ec);
   if (created) {
-    if (absl::Status s = FsyncPath(root_, /*directory=*/true); !s.ok()) return s;
+    if (absl::Status s = SyncDirectory(root_); !s.ok()) return s;
   }
   const fs::path tmp = dir / absl::StrCat(kTmpPrefix, RandomSuffix());
   const fs::path src_canonical = fs::weakly_canonical(src, ec);
@@ -361,9 +312,9 @@ absl::StatusOr<ModelVersionInfo> ModelRegistry::Register(std::string_view name,
   absl::Status status = CopyTree(src, tmp);
   if (status.ok()) {
     fs::remove(tmp / kRegistryJson, ec);  // a registered directory carries one
-    status = WriteNewFile(tmp / kRegistryJson, record.dump(2) + "\n");
+    status = CreateSyncedFile(tmp / kRegistryJson, record.dump(2) + "\n");
   }
-  if (status.ok()) status = FsyncPath(tmp, /*directory=*/true);
+  if (status.ok()) status = SyncDirectory(tmp);
   if (!status.ok()) {
     fs::remove_all(tmp, ec);
     return status;
@@ -378,7 +329,7 @@ absl::StatusOr<ModelVersionInfo> ModelRegistry::Register(std::string_view name,
     fs::remove_all(tmp, ec);
     return version.status();
   }
-  if (absl::Status s = FsyncPath(dir, /*directory=*/true); !s.ok()) return s;
+  if (absl::Status s = SyncDirectory(dir); !s.ok()) return s;
   return ReadVersion(name, *version);
 }
 
@@ -496,7 +447,7 @@ absl::Status ModelRegistry::WriteHistory(std::string_view name, std::vector<std:
   }
   std::string text;
   for (const std::string& v : history) absl::StrAppend(&text, v, "\n");
-  return WriteFileAtomically(ModelDir(name), kHistoryFile, text);
+  return WriteFileAtomically(fs::path(ModelDir(name)) / kHistoryFile, text);
 }
 
 absl::Status ModelRegistry::SetActive(std::string_view name, std::string_view version) {
@@ -517,50 +468,44 @@ absl::Status ModelRegistry::SetActive(std::string_view name, std::string_view ve
     history->push_back(*previous);
     if (absl::Status s = WriteHistory(name, *std::move(history)); !s.ok()) return s;
   }
-  return WriteFileAtomically(ModelDir(name), kActiveFile, absl::StrCat(Av(version), "\n"));
+  return WriteFileAtomically(fs::path(ModelDir(name)) / kActiveFile,
+                             absl::StrCat(Av(version), "\n"));
 }
 
-int ModelRegistry::RollbackIndex(std::string_view name, const std::vector<std::string>& history,
-                                 const std::string& active) {
+absl::StatusOr<ModelRegistry::RollbackPlan> ModelRegistry::PlanRollback(std::string_view name) {
+  absl::StatusOr<std::string> active = ReadActive(name);
+  if (!active.ok()) return active.status();
+  absl::StatusOr<std::vector<std::string>> history = ReadHistory(name);
+  if (!history.ok()) return history.status();
   std::error_code ec;
-  for (int i = static_cast<int>(history.size()) - 1; i >= 0; --i) {
-    const std::string& v = history[static_cast<size_t>(i)];
-    if (v != active && IsVersion(v) && fs::is_directory(VersionDir(name, v), ec)) return i;
+  for (size_t i = history->size(); i-- > 0;) {
+    const std::string& v = (*history)[i];
+    if (v != *active && IsVersion(v) && fs::is_directory(VersionDir(name, v), ec)) {
+      return RollbackPlan{*std::move(history), i};
+    }
   }
-  return -1;
+  return absl::FailedPreconditionError(
+      absl::StrCat("model ", Quoted(name), " has no earlier version to roll back to"));
 }
 
 absl::StatusOr<std::string> ModelRegistry::RollbackTarget(std::string_view name) {
   if (absl::Status s = ValidateName(name); !s.ok()) return s;
   absl::ReaderMutexLock lock(&mu_);
-  absl::StatusOr<std::string> active = ReadActive(name);
-  if (!active.ok()) return active.status();
-  absl::StatusOr<std::vector<std::string>> history = ReadHistory(name);
-  if (!history.ok()) return history.status();
-  const int i = RollbackIndex(name, *history, *active);
-  if (i < 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("model ", Quoted(name), " has no earlier version to roll back to"));
-  }
-  return (*history)[static_cast<size_t>(i)];
+  absl::StatusOr<RollbackPlan> plan = PlanRollback(name);
+  if (!plan.ok()) return plan.status();
+  return plan->history[plan->target];
 }
 
 absl::StatusOr<std::string> ModelRegistry::Rollback(std::string_view name) {
   if (absl::Status s = ValidateName(name); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
-  absl::StatusOr<std::string> active = ReadActive(name);
-  if (!active.ok()) return active.status();
-  absl::StatusOr<std::vector<std::string>> history = ReadHistory(name);
-  if (!history.ok()) return history.status();
-  const int i = RollbackIndex(name, *history, *active);
-  if (i < 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("model ", Quoted(name), " has no earlier version to roll back to"));
-  }
-  const std::string target = (*history)[static_cast<size_t>(i)];
-  history->resize(static_cast<size_t>(i));
-  if (absl::Status s = WriteHistory(name, *std::move(history)); !s.ok()) return s;
-  if (absl::Status s = WriteFileAtomically(ModelDir(name), kActiveFile, target + "\n"); !s.ok()) {
+  absl::StatusOr<RollbackPlan> plan = PlanRollback(name);
+  if (!plan.ok()) return plan.status();
+  std::string target = plan->history[plan->target];
+  plan->history.resize(plan->target);
+  if (absl::Status s = WriteHistory(name, std::move(plan->history)); !s.ok()) return s;
+  if (absl::Status s = WriteFileAtomically(fs::path(ModelDir(name)) / kActiveFile, target + "\n");
+      !s.ok()) {
     return s;
   }
   return target;
@@ -585,7 +530,7 @@ absl::Status ModelRegistry::Delete(std::string_view name, std::string_view versi
   const fs::path doomed =
       fs::path(ModelDir(name)) / absl::StrCat(kTmpPrefix, "deleted-", Av(version), "-", RandomSuffix());
   if (::rename(dir.c_str(), doomed.c_str()) != 0) return ErrnoError("cannot rename", dir.string());
-  if (absl::Status s = FsyncPath(ModelDir(name), /*directory=*/true); !s.ok()) return s;
+  if (absl::Status s = SyncDirectory(ModelDir(name)); !s.ok()) return s;
   fs::remove_all(doomed, ec);
   if (ec) return FsError("cannot remove", doomed, ec);
   return absl::OkStatus();
@@ -599,7 +544,7 @@ absl::Status ModelRegistry::SetDefaultModel(std::string_view name) {
   if (active->empty()) {
     return absl::NotFoundError(absl::StrCat("model ", Quoted(name), " has no active version"));
   }
-  return WriteFileAtomically(fs::path(root_), kDefaultFile, absl::StrCat(Av(name), "\n"));
+  return WriteFileAtomically(fs::path(root_) / kDefaultFile, absl::StrCat(Av(name), "\n"));
 }
 
 absl::StatusOr<std::pair<std::string, std::string>> ModelRegistry::DefaultModel() {

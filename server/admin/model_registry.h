@@ -130,9 +130,15 @@ class ModelRegistry {
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status WriteHistory(std::string_view name, std::vector<std::string> history)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Index in `history` of the rollback target, or -1.
-  int RollbackIndex(std::string_view name, const std::vector<std::string>& history,
-                    const std::string& active) ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // HISTORY and the index in it of the rollback target: the most recent
+  // entry that still exists and differs from ACTIVE.
+  struct RollbackPlan {
+    std::vector<std::string> history;
+    size_t target = 0;
+  };
+  // The plan shared by RollbackTarget and Rollback; FAILED_PRECONDITION when
+  // there is nothing to roll back to.
+  absl::StatusOr<RollbackPlan> PlanRollback(std::string_view name) ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::string> AssignVersion(std::string_view name)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

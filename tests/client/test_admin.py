@@ -344,6 +344,41 @@ class AdminAuthAndPathsTest(AdminTestCase):
         # None of them queued a job.
         self.assertEqual(len(self.stubs.call("ListJobs", admin_pb2.ListJobsRequest()).jobs), 0)
 
+    def test_datasets_are_checked_before_anything_is_queued(self):
+        broken = self.data / "broken"
+        (broken / "images").mkdir(parents=True, exist_ok=True)
+        (broken / "annotations.json").write_text('{"images": [{"id": 1,}]}')
+        few = self.data / "few"
+        (few / "images").mkdir(parents=True, exist_ok=True)
+        (few / "images" / "a.jpg").write_bytes(SAMPLE_BYTES)
+        (few / "annotations.json").write_text(json.dumps({
+            "images": [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8},
+                       {"id": 2, "file_name": "b.jpg", "width": 8, "height": 8}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]}],
+            "categories": [{"id": 1, "name": "circle"}]}))
+        cases = [
+            ("broken JSON", "broken/annotations.json", "broken/images", Code.INVALID_ARGUMENT,
+             "train_annotations: broken/annotations.json: not valid JSON at byte"),
+            ("a missing image", "few/annotations.json", "few/images", Code.NOT_FOUND,
+             "train_images: few/images: 1 of 2 image files"),
+        ]
+        for what, ann, images, code, prefix in cases:
+            with self.subTest(what):
+                request = admin_pb2.StartFineTuneRequest(
+                    train_annotations=ann, train_images=images, output_model=MODEL,
+                    parameters=parameters())
+                error = self.assertCode(code, self.stubs.call, "StartFineTune", request)
+                self.assertTrue(error.details().startswith(prefix), error.details())
+                if what == "a missing image":
+                    self.assertIn('"b.jpg"', error.details())
+        self.assertEqual(len(self.stubs.call("ListJobs", admin_pb2.ListJobsRequest()).jobs), 0)
+        events = [json.loads(line) for line in
+                  self.server.log_path.read_text(errors="replace").splitlines()
+                  if line.startswith("{")]
+        rejected = [e for e in events if e.get("event") == "job_rejected"]
+        self.assertEqual({e.get("field") for e in rejected} >= {"train_annotations",
+                                                               "train_images"}, True, rejected)
+
     def test_admin_is_off_without_a_token(self):
         with timed("server start (no token)"):
             server = harness.Server(None, ["--registry_dir=%s" % (self.dir / "registry-off"),

@@ -140,6 +140,30 @@ class JobManagerTest : public ::testing::Test {
     return WaitUntil(id, [state](const Job& j) { return j.state() == state; });
   }
 
+  // What a crashed server leaves behind: job `id` stored as RUNNING with the
+  // pid of a still-live child that runs `script` (sh -c) in the job's run
+  // directory. Use with ASSERT_NO_FATAL_FAILURE.
+  void StartCrashedJob(const std::string& id, const std::string& script,
+                       std::unique_ptr<ChildProcess>* child) {
+    const fs::path run = root_ / "jobs" / id / "run";
+    fs::create_directories(run);
+    ChildProcessOptions leftover;
+    leftover.argv = {"/bin/sh", "-c", script, "sh", run.string()};
+    leftover.log_path = (root_ / "leftover.log").string();
+    leftover.kill_with_parent = false;
+    auto started = ChildProcess::Start(leftover);
+    ASSERT_TRUE(started.ok()) << started.status();
+    *child = *std::move(started);
+    StoredJob crashed;
+    crashed.job.set_id(id);
+    crashed.job.set_state(lpdetr::v1::RUNNING);
+    crashed.job.mutable_request()->set_output_model("shapes");
+    crashed.run_dir = run.string();
+    crashed.log_path = (run.parent_path() / "job.log").string();
+    crashed.pid = (*child)->pid();
+    ASSERT_TRUE(store_->Create(crashed).ok());
+  }
+
   fs::path root_;
   fs::path trainer_;
   std::shared_ptr<JobStore> store_;
@@ -318,22 +342,9 @@ TEST_F(JobManagerTest, StopInterruptsRunningJobsAndANewManagerResumesThem) {
 
 TEST_F(JobManagerTest, CreateRecoversJobsOfACrashedServerAndStopsTheirChildren) {
   // A job a crashed server left RUNNING, with its child still alive.
-  const fs::path run = root_ / "jobs" / "j-crashed" / "run";
-  fs::create_directories(run);
-  ChildProcessOptions leftover;
-  leftover.argv = {"/bin/sh", "-c", "while true; do sleep 0.05; done", "sh", run.string()};
-  leftover.log_path = (root_ / "leftover.log").string();
-  leftover.kill_with_parent = false;
-  auto child = ChildProcess::Start(leftover);
-  ASSERT_TRUE(child.ok()) << child.status();
-  StoredJob crashed;
-  crashed.job.set_id("j-crashed");
-  crashed.job.set_state(lpdetr::v1::RUNNING);
-  crashed.job.mutable_request()->set_output_model("shapes");
-  crashed.run_dir = run.string();
-  crashed.log_path = (run.parent_path() / "job.log").string();
-  crashed.pid = (*child)->pid();
-  ASSERT_TRUE(store_->Create(crashed).ok());
+  std::unique_ptr<ChildProcess> child;
+  ASSERT_NO_FATAL_FAILURE(
+      StartCrashedJob("j-crashed", "while true; do sleep 0.05; done", &child));
 
   // The leftover already had its parent-death SIGTERM (here: it ignores
   // none and exits on none), so it gets the grace period, then SIGKILL.
@@ -342,31 +353,17 @@ TEST_F(JobManagerTest, CreateRecoversJobsOfACrashedServerAndStopsTheirChildren) 
   CreateManager(o);
   const Job job = *manager_->Get("j-crashed");
   EXPECT_EQ(job.state(), lpdetr::v1::INTERRUPTED);
-  auto status = (*child)->WaitFor(absl::Seconds(5));
+  auto status = child->WaitFor(absl::Seconds(5));
   ASSERT_TRUE(status.ok()) << status.status();
   EXPECT_EQ(status->signal, SIGKILL);
 }
 
 TEST_F(JobManagerTest, ALeftoverThatFinishesItsCheckpointIsNotSignalled) {
-  const fs::path run = root_ / "jobs" / "j-checkpointing" / "run";
-  fs::create_directories(run);
-  ChildProcessOptions leftover;
   // Writing its checkpoint after the parent-death SIGTERM: done in 0.3 s.
-  leftover.argv = {"/bin/sh", "-c", "sleep 0.3; exit 3", "sh", run.string()};
-  leftover.log_path = (root_ / "leftover.log").string();
-  leftover.kill_with_parent = false;
-  auto child = ChildProcess::Start(leftover);
-  ASSERT_TRUE(child.ok()) << child.status();
-  StoredJob crashed;
-  crashed.job.set_id("j-checkpointing");
-  crashed.job.set_state(lpdetr::v1::RUNNING);
-  crashed.job.mutable_request()->set_output_model("shapes");
-  crashed.run_dir = run.string();
-  crashed.log_path = (run.parent_path() / "job.log").string();
-  crashed.pid = (*child)->pid();
-  ASSERT_TRUE(store_->Create(crashed).ok());
+  std::unique_ptr<ChildProcess> child;
+  ASSERT_NO_FATAL_FAILURE(StartCrashedJob("j-checkpointing", "sleep 0.3; exit 3", &child));
   CreateManager(DefaultOptions());  // grace 5 s
-  auto status = (*child)->WaitFor(absl::Seconds(5));
+  auto status = child->WaitFor(absl::Seconds(5));
   ASSERT_TRUE(status.ok()) << status.status();
   EXPECT_TRUE(status->Exited(3)) << status->ToString();
   EXPECT_EQ(manager_->Get("j-checkpointing")->state(), lpdetr::v1::INTERRUPTED);
