@@ -84,19 +84,21 @@ struct CpuCachingAllocator::State {
   CpuCachingAllocatorStats stats;
 
   // Takes the smallest cached block of at least `size` bytes within the
-  // waste bound; nullptr when there is none.
-  void* TakeCached(size_t size) {
+  // waste bound and returns it with its own (mapped) size, which may exceed
+  // `size`: the block keeps that size for its whole life, so it is unmapped
+  // whole and accounted exactly. {nullptr, 0} when there is none.
+  Mapping TakeCached(size_t size) {
     auto it = by_size.lower_bound(size);
-    if (it == by_size.end()) return nullptr;
+    if (it == by_size.end()) return {nullptr, 0};
     const double limit = static_cast<double>(size) * (1.0 + options.max_waste);
-    if (static_cast<double>(it->first) > limit) return nullptr;
+    if (static_cast<double>(it->first) > limit) return {nullptr, 0};
     const auto node = it->second;
-    void* ptr = node->ptr;
+    const Mapping block{node->ptr, node->size};
     stats.cached_bytes -= node->size;
     MarkInUse(node->size);
     by_size.erase(it);
     lru.erase(node);
-    return ptr;
+    return block;
   }
 
   void MarkInUse(size_t size) {
@@ -210,10 +212,10 @@ c10::DataPtr CpuCachingAllocator::allocate(size_t nbytes) const {
   std::vector<Mapping> unmap;
   {
     std::lock_guard<std::mutex> lock(GlobalMutex());
-    if (void* ptr = state_->TakeCached(size)) {
+    if (const Mapping cached = state_->TakeCached(size); cached.ptr != nullptr) {
       ++state_->stats.hits;
-      LiveBlocks()[ptr] = {state_, size};
-      return {ptr, ptr, &FreeAny, c10::Device(c10::DeviceType::CPU)};
+      LiveBlocks()[cached.ptr] = {state_, cached.size};
+      return {cached.ptr, cached.ptr, &FreeAny, c10::Device(c10::DeviceType::CPU)};
     }
     ++state_->stats.misses;
     // Account for the new block now, so that concurrent misses see it.

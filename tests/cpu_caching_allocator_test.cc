@@ -36,6 +36,32 @@ TEST(CpuCachingAllocator, ReusesAFreedBlockOfTheSameSize) {
   EXPECT_EQ(s.mapped_bytes, 6 * kMiB);
 }
 
+TEST(CpuCachingAllocator, ABlockServingASmallerRequestKeepsItsSize) {
+  // A 10 MiB block serves a later 7.5 MiB request (8 MiB rounded, within the
+  // waste bound).
+  // It must come back to the cache as 10 MiB, every time: recording the
+  // request's size instead shrank the block at each reuse, left in_use
+  // above zero and leaked the mapping's tail (the process grew by the
+  // difference at every step).
+  CpuCachingAllocator allocator;
+  void* block = nullptr;
+  { block = allocator.allocate(10 * kMiB).get(); }
+  for (int i = 0; i < 3; ++i) {
+    c10::DataPtr p = allocator.allocate(7 * kMiB + kMiB / 2);
+    EXPECT_EQ(p.get(), block);
+    std::memset(p.get(), 1, 10 * kMiB);  // the whole block stays mapped and writable
+    EXPECT_EQ(allocator.stats().in_use_bytes, 10 * kMiB);
+  }
+  CpuCachingAllocatorStats s = allocator.stats();
+  EXPECT_EQ(s.in_use_bytes, 0u);
+  EXPECT_EQ(s.cached_bytes, 10 * kMiB);
+  EXPECT_EQ(s.hits, 3);
+  EXPECT_EQ(s.misses, 1);
+  // Still a 10 MiB block: a 10 MiB request is served from it.
+  { c10::DataPtr p = allocator.allocate(10 * kMiB); EXPECT_EQ(p.get(), block); }
+  EXPECT_EQ(allocator.stats().misses, 1);
+}
+
 TEST(CpuCachingAllocator, BlocksAreAlignedToHugePages) {
   CpuCachingAllocator allocator;
   std::vector<c10::DataPtr> blocks;
