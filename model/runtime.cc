@@ -61,6 +61,14 @@ void RetainFreedMemory() {
 #endif
 }
 
+bool ReleaseFreedMemory() {
+#if defined(__GLIBC__)
+  return malloc_trim(0) != 0;
+#else
+  return false;
+#endif
+}
+
 void ConfigureProcess(char** argv, Numerics numerics) {
   if (std::getenv(kMarker) != nullptr) return;  // already re-executed
   // Idle OpenMP workers sleep instead of spinning: ATen's OpenMP pool and

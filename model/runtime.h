@@ -48,6 +48,14 @@ Numerics NumericsFromArgs(int argc, char** argv, int first, Numerics fallback);
 // GLIBC_TUNABLES or MALLOC_*_ variables win.
 void RetainFreedMemory();
 
+// Gives the free memory of every malloc arena back to the system
+// (glibc malloc_trim(0)); returns whether any was released. For the moments
+// a long-running process knows its high-water mark has passed, e.g. after a
+// server released a replaced model version: RetainFreedMemory's trim
+// threshold would otherwise keep that memory, and each worker thread's arena
+// its own share. No-op (false) unless glibc.
+bool ReleaseFreedMemory();
+
 // Which implementation the model's hot operators (the relation weights and
 // multi-scale deformable attention) run:
 //   kKernels   the fused custom ops of model/ops (default),

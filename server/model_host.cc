@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "model/runtime.h"
 
 namespace lpdetr::server {
 
@@ -133,7 +134,12 @@ void ModelHost::JanitorLoop() {
         }
       }
     }
+    if (released.empty()) continue;
     released.clear();  // ~ServedModel: drains (nothing left) and joins its workers
+    // The released version's memory sits free in the malloc arenas of the
+    // threads that used it; without this the process keeps it (and a little
+    // more at every swap).
+    ReleaseFreedMemory();
   }
 }
 
