@@ -61,7 +61,12 @@ struct AdminServiceImpl::JobMetrics {
         activations(r.AddCounter("lpdetr_model_activations_total",
                                  "Model version switches by kind (activate, rollback) and result")),
         active_version(r.AddGauge("lpdetr_model_active_version",
-                                  "The version number serving each model name")) {}
+                                  "The version number serving each model name")) {
+    // Every kind x result from 0, so increase() sees the first failure too.
+    for (const char* kind : {"activate", "rollback"}) {
+      for (const char* result : {"ok", "failed"}) activations.Add({{"kind", kind}, {"result", result}});
+    }
+  }
 
   metrics::Family<metrics::Gauge>& jobs;
   metrics::Family<metrics::Gauge>& step;
@@ -514,7 +519,7 @@ void AdminServiceImpl::RefreshMetrics() {
   std::set<std::string> running;
   for (const admin::RunningJobStats& r : stats->running) {
     running.insert(r.id);
-    const metrics::Labels labels = {{"job", r.id}, {"model", r.output_model}};
+    const metrics::Labels labels = {{"job_id", r.id}, {"model", r.output_model}};
     job_metrics_->step.Add(labels).Set(static_cast<double>(r.progress.step()));
     job_metrics_->total_steps.Add(labels).Set(static_cast<double>(r.progress.total_steps()));
     job_metrics_->loss.Add(labels).Set(r.progress.losses().total());
@@ -533,7 +538,7 @@ void AdminServiceImpl::RefreshMetrics() {
   for (const std::string& id : ended) {
     absl::StatusOr<Job> job = jobs_->Get(id);
     if (!job.ok()) continue;
-    const metrics::Labels labels = {{"job", id}, {"model", job->request().output_model()}};
+    const metrics::Labels labels = {{"job_id", id}, {"model", job->request().output_model()}};
     job_metrics_->step.Remove(labels);
     job_metrics_->total_steps.Remove(labels);
     job_metrics_->loss.Remove(labels);

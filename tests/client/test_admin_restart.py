@@ -111,6 +111,17 @@ class AdminRestartTest(unittest.TestCase):
         self.assertGreaterEqual(checkpoint_step, 1)
         self.assertEqual(checkpoint_step % CHECKPOINT_EVERY, 0, checkpoint)
         self.assertFalse(any(e.job.progress.step >= MAX_STEPS for e in events))
+        # The running job's gauges carry its id as job_id (the refresh runs
+        # every second), never as `job`, which Prometheus keeps for itself.
+        deadline = time.monotonic() + 10
+        step = None
+        while step is None and time.monotonic() < deadline:
+            text = self.server.metrics_text()
+            step = e2e.metric(text, "lpdetr_finetune_job_step", job_id=job.id, model=MODEL)
+            if step is None:
+                time.sleep(0.2)
+        self.assertIsNotNone(step, "no lpdetr_finetune_job_step{job_id=%s}" % job.id)
+        self.assertNotIn('lpdetr_finetune_job_step{job=', text)
         # The checkpoint's directory lies in the job's run directory.
         run_dir = str(pathlib.PurePath(checkpoint["dir"]).parent.parent)
         self.assertTrue(run_dir.endswith("/%s/run" % job.id), checkpoint["dir"])
