@@ -508,6 +508,7 @@ int Main(int argc, char** argv) {
   ApplyNumerics(Numerics::kFast, c.intra_op_threads);
   auto registry = std::make_shared<metrics::Registry>();
   auto service_metrics = std::make_shared<ServiceMetrics>(registry);
+  service_metrics->SetQueueCapacity(c.batcher.max_queue_size);
   absl::StatusOr<std::shared_ptr<ModelHost>> models =
       StartModelHost(c.batcher, c.device, service_metrics, *source);
   if (!models.ok()) return Fail(models.status(), "model");

@@ -23,6 +23,9 @@ ServiceMetrics::ServiceMetrics(std::shared_ptr<metrics::Registry> registry)
                                 metrics::LinearBuckets(1, 1, 32))
                      .Add({});
   queue_depth_ = &r.AddGauge("lpdetr_queue_depth", "Requests waiting in the batching queue").Add({});
+  queue_capacity_ = &r.AddGauge("lpdetr_queue_capacity",
+                                "Most requests the batching queue holds; more get RESOURCE_EXHAUSTED")
+                         .Add({});
   images_ = &r.AddCounter("lpdetr_images_processed_total", "Images run through the model").Add({});
   model_info_ = &r.AddGauge("lpdetr_model_info", "Model versions: 1 while serving, 0 once replaced");
 }

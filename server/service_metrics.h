@@ -6,6 +6,8 @@
 //   lpdetr_inference_duration_seconds           histogram, one per batch
 //   lpdetr_batch_size                           histogram, images per batch
 //   lpdetr_queue_depth                          gauge, requests waiting
+//   lpdetr_queue_capacity                       gauge, most requests a model
+//                                                version's queue holds
 //   lpdetr_images_processed_total               counter
 //   lpdetr_model_info{name,variant,version}     gauge: 1 for each serving
 //                                                version, 0 once replaced
@@ -33,6 +35,8 @@ class ServiceMetrics {
   void ObserveQueue(double seconds) { queue_->Observe(seconds); }
   void ObserveBatch(int images, double seconds);
   void SetQueueDepth(int depth) { queue_depth_->Set(depth); }
+  // The batcher's --max_queue_size, so alerts can compare the depth with it.
+  void SetQueueCapacity(int capacity) { queue_capacity_->Set(capacity); }
   // lpdetr_requests_total of one method and code so far.
   int64_t RequestCount(const std::string& method, absl::StatusCode code) const;
 
@@ -46,6 +50,7 @@ class ServiceMetrics {
   metrics::Histogram* inference_;
   metrics::Histogram* batch_size_;
   metrics::Gauge* queue_depth_;
+  metrics::Gauge* queue_capacity_;
   metrics::Counter* images_;
   metrics::Family<metrics::Gauge>* model_info_;
 };
