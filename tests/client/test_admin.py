@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import pathlib
-import re
 import secrets
 import socket
 import sys
@@ -37,6 +36,7 @@ import time
 import unittest
 
 import harness  # noqa: F401  (puts the generated stubs on sys.path)
+from admin_e2e import metric  # the /metrics sample parser shared by the admin tests
 import grpc
 from lpdetr.v1 import (admin_pb2, admin_pb2_grpc, detection_pb2, detection_pb2_grpc,
                        model_pb2, model_pb2_grpc)
@@ -109,26 +109,6 @@ def admin_server(registry, data_root, token_env=True, extra=()):
     env = {"LPDETR_ADMIN_TOKEN": TOKEN if token_env else None}
     with timed("server start"):
         return harness.Server(None, args, env=env)
-
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def metric(text, sample_name, **labels):
-    """The value of the one sample `sample_name` whose labels include
-    `labels` (None when there is none)."""
-    found = []
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if not m or m.group(1) != sample_name:
-            continue
-        have = dict(_LABEL.findall(m.group(2) or ""))
-        if all(have.get(k) == str(v) for k, v in labels.items()):
-            found.append(float(m.group(3)))
-    if len(found) > 1:
-        raise AssertionError("%d samples of %s%s" % (len(found), sample_name, labels))
-    return found[0] if found else None
 
 
 class Stubs:
