@@ -54,8 +54,11 @@ DenoisingGeneratorImpl::Result DenoisingGeneratorImpl::forward(
   // the same numbers as the official generator for the same seed).
   at::Tensor noised_labels = gt_labels;
   if (label_noise_prob_ > 0) {
-    at::Tensor flip = at::rand(gt_labels.sizes(), gt_boxes.options()) < label_noise_prob_ * 0.5;
-    noised_labels = at::where(flip, at::randint_like(gt_labels, 0, num_classes_), gt_labels);
+    at::Tensor flip =
+        at::rand(gt_labels.sizes(), generator_, gt_boxes.options()) < label_noise_prob_ * 0.5;
+    noised_labels = at::where(
+        flip, at::randint(0, num_classes_, gt_labels.sizes(), generator_, gt_labels.options()),
+        gt_labels);
   }
 
   // Box noise: positives move by < half their size, negatives by 1x..2x.
@@ -63,8 +66,8 @@ DenoisingGeneratorImpl::Result DenoisingGeneratorImpl::forward(
   if (box_noise_scale_ > 0 && gt_boxes.size(0) > 0) {
     at::Tensor half_wh = gt_boxes.narrow(1, 2, 2) / 2;
     at::Tensor diff = at::cat({half_wh, half_wh}, 1);
-    at::Tensor sign = at::randint_like(gt_boxes, 0, 2) * 2.0 - 1.0;
-    at::Tensor part = at::rand_like(gt_boxes);
+    at::Tensor sign = at::randint(0, 2, gt_boxes.sizes(), generator_, gt_boxes.options()) * 2.0 - 1.0;
+    at::Tensor part = at::rand(gt_boxes.sizes(), generator_, gt_boxes.options());
     // Within each group of 2 * total boxes, the second half are negatives.
     at::Tensor is_negative =
         (at::arange(gt_boxes.size(0), gt_labels.options()).remainder(2 * total) >= total)

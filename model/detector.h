@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <ATen/core/Generator.h>
+#include <c10/util/Optional.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/embedding.h>
 
@@ -72,11 +74,18 @@ class DenoisingGeneratorImpl : public torch::nn::Module {
   };
   Result forward(const std::vector<TrainTarget>& targets);
 
+  // The generator the noise is drawn from; none (the default): LibTorch's
+  // default generator. A trainer running replicas of the model on several
+  // threads gives each its own, so that the draws do not depend on the
+  // threads' timing.
+  void set_generator(c10::optional<at::Generator> generator) { generator_ = std::move(generator); }
+
   torch::nn::Embedding label_encoder{nullptr};
 
  private:
   int64_t num_queries_, num_classes_, embed_dim_, denoising_nums_;
   double label_noise_prob_, box_noise_scale_;
+  c10::optional<at::Generator> generator_;
 };
 TORCH_MODULE(DenoisingGenerator);
 

@@ -1,5 +1,6 @@
 #include "model/runtime.h"
 
+#include <dlfcn.h>
 #include <time.h>
 #include <unistd.h>
 #if defined(__GLIBC__)
@@ -96,6 +97,21 @@ void ConfigureProcess(char** argv, Numerics numerics) {
   setenv(kMarker, "1", 1);
   execv("/proc/self/exe", argv);
   // exec failed: carry on with the kernels the libraries chose.
+}
+
+ScopedBlasThreads::ScopedBlasThreads(int threads) {
+  set_ = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  auto get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  if (set_ == nullptr || get == nullptr) {
+    set_ = nullptr;
+    return;
+  }
+  saved_ = get();
+  set_(threads);
+}
+
+ScopedBlasThreads::~ScopedBlasThreads() {
+  if (set_ != nullptr) set_(saved_);
 }
 
 void SetOpBackend(OpBackend backend) { g_op_backend.store(backend); }

@@ -63,6 +63,23 @@ bool ReleaseFreedMemory();
 //              operations match the official code exactly.
 enum class OpBackend { kKernels, kComposed };
 
+// OpenBLAS's own thread count (it ignores at::set_num_threads), set for a
+// scope and restored after it. Found at run time: with another BLAS (the
+// reference one has no threads) it does nothing. Callers that run matrix
+// products on several threads at once use 1, so that the threads do not
+// oversubscribe the cores and each product sums in one fixed order.
+class ScopedBlasThreads {
+ public:
+  explicit ScopedBlasThreads(int threads);
+  ~ScopedBlasThreads();
+  ScopedBlasThreads(const ScopedBlasThreads&) = delete;
+  ScopedBlasThreads& operator=(const ScopedBlasThreads&) = delete;
+
+ private:
+  void (*set_)(int) = nullptr;
+  int saved_ = 1;
+};
+
 // Process-wide operator backend (thread-safe to read while models run).
 void SetOpBackend(OpBackend backend);
 OpBackend GetOpBackend();

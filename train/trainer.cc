@@ -16,16 +16,19 @@
 #include <utility>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include "model/config.h"
 #include "model/detector.h"
 #include "model/model_dir.h"
+#include "model/runtime.h"
 #include "train/checkpoint.h"
 #include "train/coco_dataset.h"
 #include "train/criterion.h"
 #include "train/data_loader.h"
 #include "train/evaluate.h"
 #include "train/plots.h"
+#include "train/replica_pool.h"
 
 namespace fs = std::filesystem;
 
@@ -59,15 +62,29 @@ struct StopDuringEvaluation {};
 
 // ------------------------------------------------------------------ helpers
 
-bool AllFinite(const at::Tensor& t) { return !t.defined() || at::isfinite(t).all().item<bool>(); }
-
+// Whether every output tensor is finite, with one host sync for all of them.
 bool OutputsFinite(const DetectorOutput& o) {
+  std::vector<at::Tensor> checks;
   for (const at::Tensor* t : {&o.layer_logits, &o.layer_boxes, &o.enc_logits, &o.enc_boxes,
                               &o.dn_layer_logits, &o.dn_layer_boxes, &o.hybrid_layer_logits,
                               &o.hybrid_layer_boxes, &o.hybrid_enc_logits, &o.hybrid_enc_boxes}) {
-    if (!AllFinite(*t)) return false;
+    if (t->defined()) checks.push_back(at::isfinite(t->detach()).all().reshape({1}));
   }
-  return true;
+  return checks.empty() || at::cat(checks).all().item<bool>();
+}
+
+// The seed of the denoising noise of one batch: a function of the run's seed
+// and the batch's place in the run only, so that the draws are the same
+// whichever thread or replica runs the batch, and after a resume.
+uint64_t BatchSeed(uint64_t seed, int64_t epoch, int64_t batch_in_epoch) {
+  uint64_t x = seed * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(epoch) * 0xbf58476d1ce4e5b9ULL +
+               static_cast<uint64_t>(batch_in_epoch) * 0x94d049bb133111ebULL + 1;
+  x ^= x >> 30;  // splitmix64 finaliser
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
 }
 
 // The values of `loss.total` and then of each of `loss.losses`, as doubles,
@@ -168,6 +185,17 @@ class Trainer {
   void RestoreCheckpoint();
   RunResult Loop();
   RunResult TrainOneStep(int64_t batches);
+  // One batch's forward, loss and backward (of the loss / `batches`) on
+  // `model`, one of the replicas when the step's batches run in parallel.
+  struct BatchOutcome {
+    std::vector<double> values;  // the total, then each term (LossValues)
+    std::vector<std::string> names;  // the terms' names
+    std::string bad_term;        // non-empty: what was NaN/Inf (no backward ran)
+  };
+  BatchOutcome RunBatch(LpDetr& model, const TrainBatch& batch, int64_t batches) const;
+  // The --parallel-batches replicas (none: the step's batches run one after
+  // another on model_).
+  void SetUpReplicas();
   // The base learning rate of the next step (schedule and warm-up), and
   // setting every group's rate from it (returns that base rate).
   double LearningRate() const;
@@ -217,6 +245,7 @@ class Trainer {
   std::unique_ptr<HybridSetCriterion> criterion_;
   std::unique_ptr<ModelEma> ema_;
   std::unique_ptr<TrainDataLoader> loader_;
+  std::unique_ptr<ReplicaPool> replicas_;
   std::unique_ptr<ProgressReporter> progress_;
   TrainState state_;
   int64_t steps_this_invocation_ = 0;
@@ -393,6 +422,7 @@ RunResult Trainer::Start() {
         DetrAugmentOptions::ForMinSize(model_config_.min_size, model_config_.max_size);
   }
   SetUpOptimization();
+  SetUpReplicas();
   StartLoader();
   fs::create_directories(run_dir_);
   WriteTextAtomically((fs::path(run_dir_) / "run.json").string(), config_.ToJson().dump(2) + "\n");
@@ -425,6 +455,7 @@ RunResult Trainer::Resume() {
   LoadRunModel();
   SetUpOptimization();
   RestoreCheckpoint();
+  SetUpReplicas();
   StartLoader();
   OpenProgress();
   ProgressEvent start = Event("start");
@@ -447,46 +478,97 @@ double Trainer::SetLearningRates() {
   return lr;
 }
 
+Trainer::BatchOutcome Trainer::RunBatch(LpDetr& model, const TrainBatch& batch,
+                                        int64_t batches) const {
+  BatchOutcome o;
+  model->denoising_generator->set_generator(at::make_generator<at::CPUGeneratorImpl>(
+      BatchSeed(config_.seed, batch.epoch, batch.batch_in_epoch)));
+  DetectorOutput out = model->forward(batch.batch, &batch.targets);
+  // Non-finite outputs cannot be matched (the assignment rejects NaN
+  // costs): they are this step's failure, reported as such.
+  if (!OutputsFinite(out)) {
+    o.bad_term = "the model's outputs";
+    return o;
+  }
+  CriterionResult loss = (*criterion_)(out, batch.targets);
+  o.values = LossValues(loss);
+  for (const auto& [name, value] : loss.losses) o.names.push_back(name);
+  if (!std::isfinite(o.values[0])) {
+    for (size_t i = 0; i < loss.losses.size(); ++i) {
+      if (!std::isfinite(o.values[1 + i])) {
+        o.bad_term = "the loss (" + loss.losses[i].first + ")";
+        return o;
+      }
+    }
+    o.bad_term = "the loss (loss_total)";
+    return o;
+  }
+  (loss.total / static_cast<double>(batches)).backward();
+  return o;
+}
+
+void Trainer::SetUpReplicas() {
+  replicas_.reset();
+  if (options_.parallel_batches <= 1) return;
+  if (options_.parallel_batches > config_.accumulate_steps) {
+    throw std::invalid_argument(
+        "--parallel-batches " + std::to_string(options_.parallel_batches) +
+        " needs --accumulate-steps >= it (it runs a step's accumulated batches at once), got " +
+        std::to_string(config_.accumulate_steps));
+  }
+  const int threads = options_.threads > 0 ? options_.threads : at::get_num_threads();
+  ReplicaPool::Options o;
+  o.replicas = options_.parallel_batches;
+  o.threads_per_replica = std::max(1, threads / options_.parallel_batches);
+  o.backbone_training = ParseBackboneTraining(config_.backbone_training);
+  replicas_ = std::make_unique<ReplicaPool>(model_, model_config_, o);
+  Info("running " + std::to_string(o.replicas) + " batches at once on model replicas, " +
+       std::to_string(o.threads_per_replica) + " intra-op thread(s) each");
+}
+
 RunResult Trainer::TrainOneStep(int64_t batches) {
   const auto t0 = std::chrono::steady_clock::now();
   const double lr = SetLearningRates();
-  double loss_sum = 0;
-  std::vector<std::pair<std::string, double>> losses;
-  int64_t images = 0;
-  std::string bad_term;
-  for (int64_t k = 0; k < batches; ++k) {
+  auto next_batch = [this]() {
     std::optional<TrainBatch> batch = loader_->Next();
     if (!batch) throw std::runtime_error("the data loader ended before the epoch did");
-    images += static_cast<int64_t>(batch->targets.size());
-    DetectorOutput out = model_->forward(batch->batch, &batch->targets);
-    // Non-finite outputs cannot be matched (the assignment rejects NaN
-    // costs): they are this step's failure, reported as such.
-    if (!OutputsFinite(out)) {
-      bad_term = "the model's outputs";
+    return std::move(*batch);
+  };
+  std::vector<BatchOutcome> outcomes(static_cast<size_t>(batches));
+  int64_t images = 0;
+  if (replicas_) {
+    std::vector<TrainBatch> group;
+    for (int64_t k = 0; k < batches; ++k) group.push_back(next_batch());
+    for (const TrainBatch& b : group) images += static_cast<int64_t>(b.targets.size());
+    std::atomic<bool> failed{false};
+    replicas_->Run(batches, [&](LpDetr& model, int64_t k) {
+      if (failed.load()) return;
+      outcomes[k] = RunBatch(model, group[k], batches);
+      if (!outcomes[k].bad_term.empty()) failed.store(true);
+    });
+  } else {
+    for (int64_t k = 0; k < batches; ++k) {
+      const TrainBatch batch = next_batch();
+      images += static_cast<int64_t>(batch.targets.size());
+      outcomes[k] = RunBatch(model_, batch, batches);
+      if (!outcomes[k].bad_term.empty()) break;
+    }
+  }
+  double loss_sum = 0;
+  std::vector<std::pair<std::string, double>> losses;
+  std::string bad_term;
+  for (const BatchOutcome& o : outcomes) {
+    if (!o.bad_term.empty()) {
+      bad_term = o.bad_term;
       break;
     }
-    CriterionResult loss = (*criterion_)(out, batch->targets);
-    // The total and every term in one host copy: values[0] is the total,
-    // values[1 + i] term i.
-    const std::vector<double> values = LossValues(loss);
-    const double total = values[0];
-    if (!std::isfinite(total) && bad_term.empty()) {
-      for (size_t i = 0; i < loss.losses.size(); ++i) {
-        if (!std::isfinite(values[1 + i])) {
-          bad_term = "the loss (" + loss.losses[i].first + ")";
-          break;
-        }
-      }
-      if (bad_term.empty()) bad_term = "the loss (loss_total)";
-    }
-    if (!bad_term.empty()) break;
-    (loss.total / static_cast<double>(batches)).backward();
-    loss_sum += total / static_cast<double>(batches);
+    if (o.values.empty()) break;  // not run: an earlier batch failed
+    loss_sum += o.values[0] / static_cast<double>(batches);
     if (losses.empty()) {
-      for (const auto& [name, value] : loss.losses) losses.emplace_back(name, 0.0);
+      for (const std::string& name : o.names) losses.emplace_back(name, 0.0);
     }
-    for (size_t i = 0; i < loss.losses.size() && i < losses.size(); ++i) {
-      losses[i].second += values[1 + i] / static_cast<double>(batches);
+    for (size_t i = 0; i < o.names.size() && i < losses.size(); ++i) {
+      losses[i].second += o.values[1 + i] / static_cast<double>(batches);
     }
   }
   const int64_t failed_step = state_.step + 1;
@@ -818,9 +900,21 @@ void TrainConfig::Validate() const {
   if (!augment_options.scales.empty()) augment_options.Validate();
 }
 
+namespace {
+
+// --threads also bounds OpenBLAS's own thread pool (it ignores LibTorch's
+// setting), so that `--threads 1` computes on one core.
+std::optional<ScopedBlasThreads> ApplyThreads(const RunOptions& options) {
+  if (options.threads <= 0) return std::nullopt;
+  at::set_num_threads(options.threads);
+  return std::make_optional<ScopedBlasThreads>(options.threads);
+}
+
+}  // namespace
+
 RunResult StartTraining(const TrainConfig& config, const std::string& run_dir,
                         const RunOptions& options) {
-  if (options.threads > 0) at::set_num_threads(options.threads);
+  const auto blas_threads = ApplyThreads(options);
   Trainer trainer(config, run_dir, options);
   try {
     return trainer.Start();
@@ -832,7 +926,7 @@ RunResult StartTraining(const TrainConfig& config, const std::string& run_dir,
 
 RunResult ResumeTraining(const std::string& run_dir, const RunOptions& options,
                          int64_t max_steps) {
-  if (options.threads > 0) at::set_num_threads(options.threads);
+  const auto blas_threads = ApplyThreads(options);
   TrainConfig placeholder;
   placeholder.max_steps = max_steps;
   Trainer trainer(placeholder, run_dir, options);

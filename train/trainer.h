@@ -27,8 +27,14 @@
 // gradient norm returns kFailed with an error event naming the step; nothing
 // of that step is saved, and the last checkpoint stays resumable.
 //
-// Threading: Run() on one thread (the training thread); the data loader has
-// its own threads; the stop flag may be set from a signal handler.
+// Each batch draws its denoising noise from a generator seeded by the run's
+// seed and the batch's place (epoch, batch in epoch), so the draws do not
+// depend on how the batches are run.
+//
+// Threading: Run() on one thread (the training thread), which also runs the
+// step's batches, or with RunOptions::parallel_batches > 1 a replica pool's
+// threads; the data loader has its own threads; the stop flag may be set from
+// a signal handler.
 #pragma once
 
 #include <atomic>
@@ -87,6 +93,12 @@ struct TrainConfig {
 // Per-invocation settings (not part of the run).
 struct RunOptions {
   int threads = 0;               // intra-op threads; 0: all cores
+  // > 1: a step's accumulated batches run this many at once, each on its own
+  // model replica with threads / parallel_batches intra-op threads
+  // (replica_pool.h); at most the run's accumulate_steps. The step computes
+  // the same mean gradient either way (each batch draws its denoising noise
+  // from a seed of its own), so it may change between invocations.
+  int parallel_batches = 1;
   int64_t stop_after_steps = 0;  // > 0: checkpoint and return kStopped after this many steps
   ProgressReporter::Mode progress_mode = ProgressReporter::Mode::kAuto;
   const std::atomic<bool>* stop_requested = nullptr;  // e.g. set by SIGTERM

@@ -339,6 +339,59 @@ class NanStop(TrainCase):
         self.assertEqual(again["step"], failed)
 
 
+class ParallelBatches(TrainCase):
+    """--parallel-batches 2 (two replicas, one thread each) trains the same
+    steps as running the accumulated batches one after another on one thread
+    (--threads 1, which also keeps OpenBLAS on one thread): the same losses
+    and weights up to float rounding in the reductions of the optimizer step;
+    it also resumes a run started without it, and asks for at least as many
+    accumulated batches."""
+
+    FLAGS = ("--epochs", "2", "--max-steps", "4", "--accumulate-steps", "2",
+             "--checkpoint-every", "2")
+
+    def step_losses(self, run_dir):
+        return [e["loss"] for e in read_events(run_dir) if e["event"] == "step"]
+
+    def assert_close_runs(self, a, b):
+        la, lb = self.step_losses(a), self.step_losses(b)
+        self.assertEqual(len(la), 4)
+        self.assertEqual(len(la), len(lb))
+        for x, y in zip(la, lb):
+            self.assertAlmostEqual(x, y, delta=1e-5 * max(1.0, abs(x)))
+        wa = read_safetensors(os.path.join(a, "model", "weights.safetensors"))
+        wb = read_safetensors(os.path.join(b, "model", "weights.safetensors"))
+        self.assertEqual(sorted(wa), sorted(wb))
+        for name in wa:
+            if wa[name].dtype == np.float32:
+                np.testing.assert_allclose(wa[name], wb[name], rtol=1e-4, atol=1e-6,
+                                           err_msg=name)
+
+    def test_replicas_train_the_same_steps(self):
+        serial = os.path.join(self.tmp, "serial")
+        self.train(serial, *self.FLAGS, "--threads", "1", val=False)
+        parallel = os.path.join(self.tmp, "parallel")
+        p = self.train(parallel, *self.FLAGS, "--threads", "2", "--parallel-batches", "2",
+                       val=False)
+        self.assertIn("2 batches at once", p.stderr)
+        self.assert_close_runs(serial, parallel)
+        # Stopped after 2 serial steps, resumed with replicas.
+        split = os.path.join(self.tmp, "split-parallel")
+        self.train(split, *self.FLAGS, "--threads", "1", "--stop-after-steps", "2", val=False,
+                   expect=3)
+        self.run_cli([ARGS.binary, "resume", split, "--progress", "json", "--threads", "2",
+                      "--parallel-batches", "2"], 0)
+        self.assert_close_runs(serial, split)
+
+    def test_more_parallel_batches_than_accumulated_ones_is_refused(self):
+        run = os.path.join(self.tmp, "too-parallel")
+        p = self.train(run, "--max-steps", "1", "--parallel-batches", "2", val=False, expect=2)
+        self.assertIn("--parallel-batches 2 needs --accumulate-steps", p.stderr)
+        self.assertFalse(os.path.exists(run))
+        p = self.train(run + "-0", "--parallel-batches", "0", val=False, expect=2)
+        self.assertIn("--parallel-batches must be >= 1", p.stderr)
+
+
 class DatasetProblems(TrainCase):
     """Every structural problem is reported before training and nothing is written."""
 
