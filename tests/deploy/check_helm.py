@@ -83,6 +83,7 @@ import tempfile
 import time
 
 import yaml
+from check_util import Failures
 
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCE = pathlib.Path(os.environ.get("LPDETR_SOURCE_DIR") or HERE.parents[1]).resolve()
@@ -196,17 +197,6 @@ BAD_VALUES = {
     "no-admin-client-labels": {"networkPolicy": {"admin": {"podLabels": None}}},
     "bad-run-name": {"finetuneJob": {"runName": "Run_1"}},
 }
-
-
-class Failures:
-    """Collects failed checks; each is printed as it is found."""
-
-    def __init__(self):
-        self.items = []
-
-    def add(self, message):
-        self.items.append(message)
-        print("FAIL: " + message, flush=True)
 
 
 def deep_merge(base, overlay):

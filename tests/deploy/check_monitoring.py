@@ -43,8 +43,8 @@ import time
 import urllib.request
 
 import yaml
+from check_util import SKIP, Failures
 
-SKIP = 77
 
 # Canonical gRPC status code names, as lpdetr-server writes them in `code`.
 GRPC_CODES = {
@@ -83,17 +83,6 @@ OTHER_KEYWORDS = {"and", "or", "unless", "offset", "bool", "atan2", "inf", "nan"
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 PLAIN_VALUES = re.compile(r"^[A-Za-z0-9_]+(\|[A-Za-z0-9_]+)*$")
-
-
-class Failures:
-    """Collects failed checks; each is printed as it is found."""
-
-    def __init__(self):
-        self.items = []
-
-    def add(self, message):
-        self.items.append(message)
-        print("FAIL: " + message, flush=True)
 
 
 # ---------------------------------------------------------------- promtool

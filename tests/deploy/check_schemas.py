@@ -36,8 +36,8 @@ import tempfile
 import time
 
 import yaml
+from check_util import SKIP, Failures
 
-SKIP = 77
 HERE = pathlib.Path(__file__).resolve().parent
 VALIDATOR = HERE / "validate_k8s.mjs"
 CHART = pathlib.Path("helm/lpdetr")
@@ -57,17 +57,6 @@ HELM_VALUE_SETS = {
     "gpu": {"files": ["ci/gpu-values.yaml"]},
     "monitoring": {"api": [MONITORING_API]},
 }
-
-
-class Failures:
-    """Collects failed checks; each is printed as it is found."""
-
-    def __init__(self):
-        self.items = []
-
-    def add(self, message):
-        self.items.append(message)
-        print("FAIL: " + message, flush=True)
 
 
 def chart_value_sets(source, chart_dir, failures):
