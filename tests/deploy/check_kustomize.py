@@ -88,8 +88,8 @@ import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import check_dockerfile  # noqa: E402  (server flag parsing, the Dockerfile's USER)
+from check_util import SKIP
 
-SKIP = 77
 # Renderings: name -> (the overlay directory under deploy/kustomize, the
 # variant its resources are checked as, whether the admin service is on).
 RENDERINGS = {

@@ -30,8 +30,8 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import check_schemas  # noqa: E402 - the manifest gathering shared with the schema check
+from check_util import SKIP
 
-SKIP = 77
 EXCLUDED_DIRS = {"node_modules", ".git"}
 # The rendered manifests: the repository's rules, but sequences may be indented
 # or not within one file: helm's toYaml (go-yaml) writes `- x` at the key's
