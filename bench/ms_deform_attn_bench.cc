@@ -11,6 +11,9 @@
 // (inputs included).
 // The `module` row times the whole MultiScaleDeformableAttention module at the
 // encoder shapes (E = 256) with OpBackend::kComposed vs kKernels.
+// A second table times the kernel with a bfloat16 value (float locations and
+// weights, float output; the value converted before timing) against the float
+// kernel, at the encoder and decoder shapes.
 //
 //   ms_deform_attn_bench [--iters N] [--threads T]
 #include <cstdio>
@@ -105,10 +108,12 @@ int RunChild(const std::string& shape, const std::string& impl, const std::strin
     return 0;
   }
   Case c = MakeCase(shape == "encoder");
+  if (impl == "kernel_bf16") c.value = c.value.to(at::kBFloat16);
+  const std::string op = impl == "kernel_bf16" ? "kernel" : impl;
   double seconds = 0;
   if (pass == "fwd") {
     at::NoGradGuard no_grad;
-    seconds = bench::MedianSeconds([&] { Run(impl, c.value, c.loc, c.attn); }, 1, iters);
+    seconds = bench::MedianSeconds([&] { Run(op, c.value, c.loc, c.attn); }, 1, iters);
   } else {
     at::Tensor v = c.value.clone().requires_grad_(true);
     at::Tensor l = c.loc.clone().requires_grad_(true);
@@ -118,7 +123,7 @@ int RunChild(const std::string& shape, const std::string& impl, const std::strin
           v.mutable_grad() = at::Tensor();
           l.mutable_grad() = at::Tensor();
           a.mutable_grad() = at::Tensor();
-          Run(impl, v, l, a).backward(c.grad);
+          Run(op, v, l, a).backward(c.grad);
         },
         1, iters);
   }
@@ -164,37 +169,49 @@ int main(int argc, char** argv) {
   std::printf("levels 100x136 50x68 25x34 13x17 (Nv = 18071), B = 1, H = 8, D = 32, L = 4, "
               "P = 4; %d ATen threads, median of %d\n\n",
               at::get_num_threads(), iters);
-  std::printf("%-8s %6s | %11s %11s %6s | %13s %13s %6s | %s\n", "shape", "Nq", "composed ms",
-              "kernel ms", "ratio", "composed f+b", "kernel f+b", "ratio",
-              "peak RSS MiB (composed/kernel fwd, composed/kernel f+b)");
-  for (const std::string shape : {"encoder", "decoder", "module"}) {
-    double ms[2][2] = {}, rss[2][2] = {};
-    const char* impls[] = {"composed", "kernel"};
+  // One table: implementations impls[0] and impls[1] over `shapes`.
+  auto table = [&](const std::vector<std::string>& shapes, const char* const impls[2],
+                   const char* const labels[4]) {
+    std::printf("%-8s %6s | %11s %11s %6s | %13s %13s %6s | %s\n", "shape", "Nq", labels[0],
+                labels[1], "ratio", labels[2], labels[3], "ratio",
+                "peak RSS MiB (first/second fwd, first/second f+b)");
     const char* passes[] = {"fwd", "fwdbwd"};
-    for (int i = 0; i < 2; ++i) {
-      for (int p = 0; p < 2; ++p) {
-        for (const char* measure : {"time", "memory"}) {
-          std::vector<std::string> args = {"--iters", std::to_string(iters), "--child", shape,
-                                           impls[i], passes[p], measure};
-          if (threads > 0) args.insert(args.end(), {"--threads", std::to_string(threads)});
-          const bench::ChildResult r = bench::RunSelf(args);
-          if (r.exit_code != 0) {
-            std::fprintf(stderr, "%s %s %s failed (exit %d)\n", shape.c_str(), impls[i],
-                         passes[p], r.exit_code);
-            return 1;
-          }
-          if (std::string(measure) == "time") {
-            ms[i][p] = std::atof(r.output.c_str()) * 1e3;
-          } else {
-            rss[i][p] = r.peak_rss_mib;
+    for (const std::string& shape : shapes) {
+      double ms[2][2] = {}, rss[2][2] = {};
+      for (int i = 0; i < 2; ++i) {
+        for (int p = 0; p < 2; ++p) {
+          for (const char* measure : {"time", "memory"}) {
+            std::vector<std::string> args = {"--iters", std::to_string(iters), "--child", shape,
+                                             impls[i], passes[p], measure};
+            if (threads > 0) args.insert(args.end(), {"--threads", std::to_string(threads)});
+            const bench::ChildResult r = bench::RunSelf(args);
+            if (r.exit_code != 0) {
+              std::fprintf(stderr, "%s %s %s failed (exit %d)\n", shape.c_str(), impls[i],
+                           passes[p], r.exit_code);
+              return false;
+            }
+            if (std::string(measure) == "time") {
+              ms[i][p] = std::atof(r.output.c_str()) * 1e3;
+            } else {
+              rss[i][p] = r.peak_rss_mib;
+            }
           }
         }
       }
+      std::printf(
+          "%-8s %6d | %11.2f %11.2f %5.1fx | %13.2f %13.2f %5.1fx | %.0f / %.0f, %.0f / %.0f\n",
+          shape.c_str(), shape == "decoder" ? 900 : 18071, ms[0][0], ms[1][0],
+          ms[0][0] / ms[1][0], ms[0][1], ms[1][1], ms[0][1] / ms[1][1], rss[0][0], rss[1][0],
+          rss[0][1], rss[1][1]);
     }
-    std::printf("%-8s %6d | %11.2f %11.2f %5.1fx | %13.2f %13.2f %5.1fx | %.0f / %.0f, %.0f / %.0f\n",
-                shape.c_str(), shape == "decoder" ? 900 : 18071, ms[0][0], ms[1][0],
-                ms[0][0] / ms[1][0], ms[0][1], ms[1][1], ms[0][1] / ms[1][1], rss[0][0],
-                rss[1][0], rss[0][1], rss[1][1]);
-  }
+    return true;
+  };
+  const char* composed_vs_kernel[] = {"composed", "kernel"};
+  const char* composed_labels[] = {"composed ms", "kernel ms", "composed f+b", "kernel f+b"};
+  if (!table({"encoder", "decoder", "module"}, composed_vs_kernel, composed_labels)) return 1;
+  std::printf("\nkernel: float value vs bfloat16 value (float locations, weights and output)\n");
+  const char* float_vs_bf16[] = {"kernel", "kernel_bf16"};
+  const char* bf16_labels[] = {"fp32 ms", "bf16 ms", "fp32 f+b", "bf16 f+b"};
+  if (!table({"encoder", "decoder"}, float_vs_bf16, bf16_labels)) return 1;
   return 0;
 }

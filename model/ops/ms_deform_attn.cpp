@@ -75,13 +75,24 @@ void MsDeformAttnCheckInputs(const at::Tensor& value, const at::Tensor& spatial_
               "ms_deform_attn: attention_weights has shape ", attention_weights.sizes(),
               ", expected ", expected_weights, " from sampling_locations");
 
-  TORCH_CHECK(at::isFloatingType(value.scalar_type()),
-              "ms_deform_attn: value must be a floating tensor, got ", value.scalar_type());
-  TORCH_CHECK(loc.scalar_type() == value.scalar_type(), "ms_deform_attn: sampling_locations is ",
-              loc.scalar_type(), " but value is ", value.scalar_type());
-  TORCH_CHECK(attention_weights.scalar_type() == value.scalar_type(),
+  const at::ScalarType value_type = value.scalar_type();
+  TORCH_CHECK(at::isFloatingType(value_type),
+              "ms_deform_attn: value must be a floating tensor, got ", value_type);
+  // sampling_locations and attention_weights share one dtype: the value's, or
+  // float32 with a bfloat16 / half value (the mixed case: the kernels read the
+  // value in its own dtype and compute in float).
+  const bool low_precision_value = value_type == at::kBFloat16 || value_type == at::kHalf;
+  auto check_param_type = [&](const char* name, at::ScalarType type) {
+    TORCH_CHECK(type == value_type || (low_precision_value && type == at::kFloat),
+                "ms_deform_attn: ", name, " is ", type, " but value is ", value_type,
+                " (sampling_locations and attention_weights must have the value's dtype, or "
+                "Float with a BFloat16 or Half value)");
+  };
+  check_param_type("sampling_locations", loc.scalar_type());
+  check_param_type("attention_weights", attention_weights.scalar_type());
+  TORCH_CHECK(attention_weights.scalar_type() == loc.scalar_type(),
               "ms_deform_attn: attention_weights is ", attention_weights.scalar_type(),
-              " but value is ", value.scalar_type());
+              " but sampling_locations is ", loc.scalar_type(), "; they must share one dtype");
   TORCH_CHECK(loc.device() == value.device(), "ms_deform_attn: sampling_locations is on ",
               loc.device(), " but value is on ", value.device());
   TORCH_CHECK(attention_weights.device() == value.device(),
@@ -117,9 +128,10 @@ void MsDeformAttnCheckInputs(const at::Tensor& value, const at::Tensor& spatial_
     TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected),
                 "ms_deform_attn backward: grad_output has shape ", grad_output.sizes(),
                 ", expected ", at::IntArrayRef(expected));
-    TORCH_CHECK(grad_output.scalar_type() == value.scalar_type(),
+    TORCH_CHECK(grad_output.scalar_type() == attention_weights.scalar_type(),
                 "ms_deform_attn backward: grad_output is ", grad_output.scalar_type(),
-                " but value is ", value.scalar_type());
+                " but the output is ", attention_weights.scalar_type(),
+                " (the dtype of attention_weights)");
     TORCH_CHECK(grad_output.device() == value.device(), "ms_deform_attn backward: grad_output is on ",
                 grad_output.device(), " but value is on ", value.device());
   }

@@ -1,7 +1,11 @@
 // ATen wrapper of the CUDA kernels of lpdetr::ms_deform_attn (built only with
 // a CUDA LibTorch). Checks inputs, makes them contiguous, reads the level
 // table on the host and launches on the current stream. grad_value is
-// accumulated in float (double for double) and cast back.
+// accumulated in float (double for double) and cast back. A half / bfloat16
+// value may come with float sampling_locations and attention_weights (then
+// the output and their gradients are float).
+#include <type_traits>
+
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -56,6 +60,20 @@ void DispatchCudaType(at::ScalarType dtype, Fn&& fn) {
   }
 }
 
+// Calls fn(T* tag, P* tag) with the value's kernel type T and the parameters'
+// P: T, or float for a half / bfloat16 value with float parameters (the
+// shared checks allow nothing else).
+template <typename Fn>
+void DispatchCudaTypes(at::ScalarType value_type, at::ScalarType param_type, Fn&& fn) {
+  DispatchCudaType(value_type, [&](auto* value_tag) {
+    using T = std::remove_pointer_t<decltype(value_tag)>;
+    if constexpr (std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>) {
+      if (param_type == at::kFloat) return fn(value_tag, static_cast<float*>(nullptr));
+    }
+    fn(value_tag, value_tag);
+  });
+}
+
 template <typename T>
 const T* Ptr(const at::Tensor& t) {
   return reinterpret_cast<const T*>(t.data_ptr());
@@ -73,16 +91,19 @@ at::Tensor MsDeformAttnForwardCudaAten(const at::Tensor& value, const at::Tensor
                                     sampling_locations, attention_weights, at::Tensor());
   const c10::cuda::CUDAGuard guard(value.device());
   const auto n = GetDims(value, sampling_locations);
-  at::Tensor out = at::empty({n.batch, n.num_query, n.heads * n.dim}, value.options());
+  at::Tensor out = at::empty({n.batch, n.num_query, n.heads * n.dim},
+                             value.options().dtype(attention_weights.scalar_type()));
   if (out.numel() == 0) return out;
   const at::Tensor v = value.contiguous(), loc = sampling_locations.contiguous(),
                    attn = attention_weights.contiguous();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  DispatchCudaType(value.scalar_type(), [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    C10_CUDA_CHECK(cuda::MsDeformAttnForwardCuda<T>(
-        n, Ptr<T>(v), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(), Ptr<T>(loc),
-        Ptr<T>(attn), MutPtr<T>(out), stream));
+  DispatchCudaTypes(value.scalar_type(), attn.scalar_type(), [&](auto* value_tag,
+                                                                 auto* param_tag) {
+    using T = std::remove_pointer_t<decltype(value_tag)>;
+    using P = std::remove_pointer_t<decltype(param_tag)>;
+    C10_CUDA_CHECK((cuda::MsDeformAttnForwardCuda<T, P>(
+        n, Ptr<T>(v), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(), Ptr<P>(loc),
+        Ptr<P>(attn), MutPtr<P>(out), stream)));
   });
   return out;
 }
@@ -98,18 +119,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> MsDeformAttnBackwardCudaAten(
   const at::ScalarType acc_type =
       value.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_type));
-  at::Tensor grad_loc = at::empty(sampling_locations.sizes(), value.options());
-  at::Tensor grad_attn = at::empty(attention_weights.sizes(), value.options());
+  const at::TensorOptions param_options = value.options().dtype(attention_weights.scalar_type());
+  at::Tensor grad_loc = at::empty(sampling_locations.sizes(), param_options);
+  at::Tensor grad_attn = at::empty(attention_weights.sizes(), param_options);
   if (grad_attn.numel() > 0) {
     const at::Tensor v = value.contiguous(), loc = sampling_locations.contiguous(),
                      attn = attention_weights.contiguous(), g = grad_output.contiguous();
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    DispatchCudaType(value.scalar_type(), [&](auto* tag) {
-      using T = std::remove_pointer_t<decltype(tag)>;
-      C10_CUDA_CHECK(cuda::MsDeformAttnBackwardCuda<T>(
-          n, Ptr<T>(v), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(), Ptr<T>(loc),
-          Ptr<T>(attn), Ptr<T>(g), MutPtr<cuda::AccT<T>>(grad_value_acc), MutPtr<T>(grad_loc),
-          MutPtr<T>(grad_attn), stream));
+    DispatchCudaTypes(value.scalar_type(), attn.scalar_type(), [&](auto* value_tag,
+                                                                   auto* param_tag) {
+      using T = std::remove_pointer_t<decltype(value_tag)>;
+      using P = std::remove_pointer_t<decltype(param_tag)>;
+      C10_CUDA_CHECK((cuda::MsDeformAttnBackwardCuda<T, P>(
+          n, Ptr<T>(v), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(), Ptr<P>(loc),
+          Ptr<P>(attn), Ptr<P>(g), MutPtr<cuda::AccT<T>>(grad_value_acc), MutPtr<P>(grad_loc),
+          MutPtr<P>(grad_attn), stream)));
     });
   }
   return {grad_value_acc.to(value.scalar_type()), grad_loc, grad_attn};

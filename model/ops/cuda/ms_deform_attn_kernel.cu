@@ -1,5 +1,7 @@
 // CUDA kernels of lpdetr::ms_deform_attn: one warp per (batch, query, head),
 // lanes over the D channels (coalesced reads of value[b, pos, h, :]).
+// T is the value's type, P that of the locations, weights, output and their
+// gradients (T, or float with a half / bfloat16 value).
 // Forward accumulates the bilinear corners of all levels and points in AccT;
 // backward scatters grad_value with atomics and reduces the per-sample dot
 // products for grad_locations / grad_weights across the warp.
@@ -45,10 +47,10 @@ __device__ __forceinline__ __nv_bfloat16 Cast<__nv_bfloat16>(float v) {
 }
 
 
-template <typename T>
+template <typename T, typename P>
 __global__ void ForwardKernel(MsDeformAttnDims n, LevelTable levels, const T* __restrict__ value,
-                              const T* __restrict__ loc, const T* __restrict__ attn,
-                              T* __restrict__ out) {
+                              const P* __restrict__ loc, const P* __restrict__ attn,
+                              P* __restrict__ out) {
   using A = AccT<T>;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
@@ -76,7 +78,7 @@ __global__ void ForwardKernel(MsDeformAttnDims n, LevelTable levels, const T* __
         }
       }
     }
-    out[warp * n.dim + d] = Cast<T>(acc);
+    out[warp * n.dim + d] = Cast<P>(acc);
   }
 }
 
@@ -89,12 +91,12 @@ __device__ __forceinline__ A WarpSum(A v) {
   return v;
 }
 
-template <typename T>
+template <typename T, typename P>
 __global__ void BackwardKernel(MsDeformAttnDims n, LevelTable levels,
-                               const T* __restrict__ value, const T* __restrict__ loc,
-                               const T* __restrict__ attn, const T* __restrict__ grad_out,
-                               AccT<T>* __restrict__ grad_value, T* __restrict__ grad_loc,
-                               T* __restrict__ grad_attn) {
+                               const T* __restrict__ value, const P* __restrict__ loc,
+                               const P* __restrict__ attn, const P* __restrict__ grad_out,
+                               AccT<T>* __restrict__ grad_value, P* __restrict__ grad_loc,
+                               P* __restrict__ grad_attn) {
   using A = AccT<T>;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
@@ -104,7 +106,7 @@ __global__ void BackwardKernel(MsDeformAttnDims n, LevelTable levels,
   const int64_t b = warp / (n.heads * n.num_query);
   const int64_t sample0 = warp * n.levels * n.points;
   const int64_t pos_stride = n.heads * n.dim;
-  const T* g = grad_out + warp * n.dim;
+  const P* g = grad_out + warp * n.dim;
   for (int64_t l = 0; l < n.levels; ++l) {
     const int64_t level_offset = ((b * n.num_value + levels.start[l]) * n.heads + h) * n.dim;
     for (int64_t p = 0; p < n.points; ++p) {
@@ -113,9 +115,9 @@ __global__ void BackwardKernel(MsDeformAttnDims n, LevelTable levels,
       if (!MakeCorners<A>(Load(loc + 2 * s), Load(loc + 2 * s + 1), levels.h[l], levels.w[l],
                           &c)) {
         if (lane == 0) {
-          grad_attn[s] = Cast<T>(A(0));
-          grad_loc[2 * s] = Cast<T>(A(0));
-          grad_loc[2 * s + 1] = Cast<T>(A(0));
+          grad_attn[s] = Cast<P>(A(0));
+          grad_loc[2 * s] = Cast<P>(A(0));
+          grad_loc[2 * s + 1] = Cast<P>(A(0));
         }
         continue;
       }
@@ -134,12 +136,12 @@ __global__ void BackwardKernel(MsDeformAttnDims n, LevelTable levels,
 #pragma unroll
       for (int k = 0; k < 4; ++k) dots[k] = WarpSum(dots[k]);
       if (lane == 0) {
-        grad_attn[s] = Cast<T>(c.weight[0] * dots[0] + c.weight[1] * dots[1] +
+        grad_attn[s] = Cast<P>(c.weight[0] * dots[0] + c.weight[1] * dots[1] +
                                c.weight[2] * dots[2] + c.weight[3] * dots[3]);
         const A d_fx = (A(1) - c.fy) * (dots[1] - dots[0]) + c.fy * (dots[3] - dots[2]);
         const A d_fy = (A(1) - c.fx) * (dots[2] - dots[0]) + c.fx * (dots[3] - dots[1]);
-        grad_loc[2 * s] = Cast<T>(a * static_cast<A>(levels.w[l]) * d_fx);
-        grad_loc[2 * s + 1] = Cast<T>(a * static_cast<A>(levels.h[l]) * d_fy);
+        grad_loc[2 * s] = Cast<P>(a * static_cast<A>(levels.w[l]) * d_fx);
+        grad_loc[2 * s + 1] = Cast<P>(a * static_cast<A>(levels.h[l]) * d_fy);
       }
     }
   }
@@ -163,52 +165,56 @@ unsigned int NumBlocks(const MsDeformAttnDims& n) {
 
 }  // namespace
 
-template <typename T>
+template <typename T, typename P>
 cudaError_t MsDeformAttnForwardCuda(const MsDeformAttnDims& dims, const T* value,
                                     const int64_t* spatial_shapes_host,
                                     const int64_t* level_start_index_host,
-                                    const T* sampling_locations, const T* attention_weights,
-                                    T* output, cudaStream_t stream) {
+                                    const P* sampling_locations, const P* attention_weights,
+                                    P* output, cudaStream_t stream) {
   LevelTable table{};
   if (!MakeLevelTable(dims, spatial_shapes_host, level_start_index_host, &table)) {
     return cudaErrorInvalidValue;
   }
   if (dims.batch * dims.num_query * dims.heads == 0 || dims.dim == 0) return cudaSuccess;
-  ForwardKernel<T><<<NumBlocks(dims), kWarp * kWarpsPerBlock, 0, stream>>>(
+  ForwardKernel<T, P><<<NumBlocks(dims), kWarp * kWarpsPerBlock, 0, stream>>>(
       dims, table, value, sampling_locations, attention_weights, output);
   return cudaGetLastError();
 }
 
-template <typename T>
+template <typename T, typename P>
 cudaError_t MsDeformAttnBackwardCuda(const MsDeformAttnDims& dims, const T* value,
                                      const int64_t* spatial_shapes_host,
                                      const int64_t* level_start_index_host,
-                                     const T* sampling_locations, const T* attention_weights,
-                                     const T* grad_output, AccT<T>* grad_value,
-                                     T* grad_locations, T* grad_weights, cudaStream_t stream) {
+                                     const P* sampling_locations, const P* attention_weights,
+                                     const P* grad_output, AccT<T>* grad_value,
+                                     P* grad_locations, P* grad_weights, cudaStream_t stream) {
   LevelTable table{};
   if (!MakeLevelTable(dims, spatial_shapes_host, level_start_index_host, &table)) {
     return cudaErrorInvalidValue;
   }
   if (dims.batch * dims.num_query * dims.heads == 0) return cudaSuccess;
-  BackwardKernel<T><<<NumBlocks(dims), kWarp * kWarpsPerBlock, 0, stream>>>(
+  BackwardKernel<T, P><<<NumBlocks(dims), kWarp * kWarpsPerBlock, 0, stream>>>(
       dims, table, value, sampling_locations, attention_weights, grad_output, grad_value,
       grad_locations, grad_weights);
   return cudaGetLastError();
 }
 
-#define LPDETR_MSDA_INSTANTIATE(T)                                                            \
-  template cudaError_t MsDeformAttnForwardCuda<T>(const MsDeformAttnDims&, const T*,         \
-                                                  const int64_t*, const int64_t*, const T*,  \
-                                                  const T*, T*, cudaStream_t);               \
-  template cudaError_t MsDeformAttnBackwardCuda<T>(                                          \
-      const MsDeformAttnDims&, const T*, const int64_t*, const int64_t*, const T*, const T*, \
-      const T*, AccT<T>*, T*, T*, cudaStream_t);
+// (value type, parameter type): one dtype, or a half / bfloat16 value with
+// float parameters.
+#define LPDETR_MSDA_INSTANTIATE(T, P)                                                         \
+  template cudaError_t MsDeformAttnForwardCuda<T, P>(const MsDeformAttnDims&, const T*,      \
+                                                     const int64_t*, const int64_t*, const P*, \
+                                                     const P*, P*, cudaStream_t);            \
+  template cudaError_t MsDeformAttnBackwardCuda<T, P>(                                       \
+      const MsDeformAttnDims&, const T*, const int64_t*, const int64_t*, const P*, const P*, \
+      const P*, AccT<T>*, P*, P*, cudaStream_t);
 
-LPDETR_MSDA_INSTANTIATE(float)
-LPDETR_MSDA_INSTANTIATE(double)
-LPDETR_MSDA_INSTANTIATE(__half)
-LPDETR_MSDA_INSTANTIATE(__nv_bfloat16)
+LPDETR_MSDA_INSTANTIATE(float, float)
+LPDETR_MSDA_INSTANTIATE(double, double)
+LPDETR_MSDA_INSTANTIATE(__half, __half)
+LPDETR_MSDA_INSTANTIATE(__nv_bfloat16, __nv_bfloat16)
+LPDETR_MSDA_INSTANTIATE(__half, float)
+LPDETR_MSDA_INSTANTIATE(__nv_bfloat16, float)
 #undef LPDETR_MSDA_INSTANTIATE
 
 }  // namespace lpdetr::ops::cuda

@@ -123,6 +123,47 @@ TEST_F(MsDeformAttnCudaTest, HalfAndBfloat16AccumulateInFloat) {
   }
 }
 
+// A half / bfloat16 value with float locations and weights: float output and
+// float location / weight gradients, grad_value in the value's dtype; the
+// reference is the CPU float kernel on the value rounded to `dtype`.
+TEST_F(MsDeformAttnCudaTest, HalfAndBfloat16ValueWithFloatParameters) {
+  at::manual_seed(4);
+  Inputs cpu = MakeInputs(2, 64, 8, 32, at::kFloat);
+  at::Tensor grad = at::randn({2, 64, 256});
+  for (at::ScalarType dtype : {at::kHalf, at::kBFloat16}) {
+    Inputs rounded = cpu;
+    rounded.value = cpu.value.to(dtype).to(at::kFloat);
+    const auto expected = RunWithGrads(rounded, grad);
+    Inputs gpu = To(cpu, cuda_, at::kFloat, false);
+    gpu.value = cpu.value.to(cuda_, dtype);
+    const auto got = RunWithGrads(gpu, grad);
+    EXPECT_EQ(got[0].scalar_type(), at::kFloat);
+    EXPECT_EQ(got[1].scalar_type(), dtype);
+    EXPECT_EQ(got[2].scalar_type(), at::kFloat);
+    EXPECT_EQ(got[3].scalar_type(), at::kFloat);
+    // Float arithmetic on the same inputs: summation-order rounding only.
+    EXPECT_LT(MaxAbsDiff(got[0], expected[0]), 1e-5) << dtype;
+    EXPECT_LT(MaxAbsDiff(got[2], expected[2]), 1e-4) << dtype;
+    EXPECT_LT(MaxAbsDiff(got[3], expected[3]), 1e-4) << dtype;
+    // grad_value: float sums (atomics, any order) rounded to `dtype` once.
+    const double scale = std::max(1.0, expected[1].abs().max().item<double>());
+    const double tol = dtype == at::kHalf ? 2e-3 : 1e-2;
+    EXPECT_LT(MaxAbsDiff(got[1], expected[1]) / scale, tol) << dtype;
+  }
+  // A float value with bfloat16 parameters is refused, naming the dtypes.
+  Inputs bad = To(cpu, cuda_, at::kFloat, false);
+  bad.loc = bad.loc.to(at::kBFloat16);
+  bad.attn = bad.attn.to(at::kBFloat16);
+  try {
+    ops::MsDeformAttn(bad.value, bad.spatial_shapes, bad.level_start_index, bad.loc, bad.attn);
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sampling_locations is BFloat16 but value is Float"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST_F(MsDeformAttnCudaTest, EmptyBatchNoQueriesAndNonContiguous) {
   Inputs empty = To(MakeInputs(0, 4, 2, 8, at::kFloat), cuda_, at::kFloat, false);
   EXPECT_EQ(ops::MsDeformAttn(empty.value, empty.spatial_shapes, empty.level_start_index,
