@@ -162,13 +162,16 @@ at::Tensor MultiScaleDeformableAttentionImpl::forward(const at::Tensor& query,
   for (const auto& s : shapes) total += s[0] * s[1];
   TORCH_CHECK(total == num_value, "spatial shapes cover ", total, " positions but value has ",
               num_value);
-  at::Tensor v = Linear(value_proj, value);
+  // bf16 path: the projections run in bf16; the value stays bf16 (the fused
+  // op reads it and accumulates in fp32), everything else is fp32.
+  Bf16Weights* bf16 = UseBf16(*this) ? &bf16_ : nullptr;
+  at::Tensor v = LinearIn(value_proj, value, bf16, at::kBFloat16);
   if (key_padding_mask.defined()) v = v.masked_fill(key_padding_mask.unsqueeze(-1), 0.0);
   v = v.view({batch, num_value, num_heads_, embed_dim_ / num_heads_});
 
-  at::Tensor offsets = Linear(sampling_offsets, query).view(
+  at::Tensor offsets = LinearIn(sampling_offsets, query, bf16).view(
       {batch, num_query, num_heads_, num_levels_, num_points_, 2});
-  at::Tensor weights = Linear(attention_weights, query)
+  at::Tensor weights = LinearIn(attention_weights, query, bf16)
                            .view({batch, num_query, num_heads_, num_levels_ * num_points_})
                            .softmax(-1)
                            .view({batch, num_query, num_heads_, num_levels_, num_points_});
@@ -209,7 +212,7 @@ at::Tensor MultiScaleDeformableAttentionImpl::forward(const at::Tensor& query,
   }
   at::Tensor sampled = fused ? MsDeformAttnFused(v, shapes, locations, weights)
                              : MsDeformAttnComposed(v, shapes, locations, weights);
-  return Linear(output_proj, sampled);
+  return LinearIn(output_proj, sampled, bf16);
 }
 
 }  // namespace lpdetr

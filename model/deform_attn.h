@@ -9,6 +9,8 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
 
+#include "model/layers.h"
+
 namespace lpdetr {
 
 // (height, width) of each feature level, in flattening order.
@@ -60,6 +62,7 @@ class MultiScaleDeformableAttentionImpl : public torch::nn::Module {
 
  private:
   int64_t embed_dim_, num_levels_, num_heads_, num_points_;
+  Bf16Weights bf16_;  // projections on the bf16 path
 };
 TORCH_MODULE(MultiScaleDeformableAttention);
 

@@ -8,6 +8,7 @@
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/pooling.h>
 
+#include "model/precision.h"
 #include "model/runtime.h"
 
 namespace lpdetr {
@@ -43,6 +44,60 @@ bool UseInferenceFastPath(const torch::nn::Module& module) {
          !at::GradMode::is_enabled();
 }
 
+bool UseBf16(const torch::nn::Module& module) {
+  return GetComputePrecision() == Precision::kBf16 && UseInferenceFastPath(module);
+}
+
+namespace {
+
+// Whether `t` still is the tensor a cache entry was made from.
+bool SameSource(const at::Tensor& cached, int64_t version, const void* data,
+                const at::Tensor& t) {
+  return cached.is_same(t) && version == t._version() && data == t.data_ptr();
+}
+
+}  // namespace
+
+at::Tensor Bf16Weights::Get(const at::Tensor& source, at::MemoryFormat format) {
+  if (!source.defined()) return source;
+  if (source.scalar_type() == at::kBFloat16 && source.is_contiguous(format)) return source;
+  at::NoGradGuard no_grad;
+  // Inference tensors have no version counter: convert without caching.
+  if (source.is_inference()) return source.to(at::kBFloat16).contiguous(format);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (Entry& e : entries_) {
+    if (!e.source.is_same(source) || e.format != format) continue;
+    if (!SameSource(e.source, e.version, e.data, source)) {
+      e.copy = source.detach().to(at::kBFloat16).contiguous(format);
+      e.version = source._version();
+      e.data = source.data_ptr();
+      ++conversions_;
+    }
+    return e.copy;
+  }
+  Entry e;
+  e.source = source;
+  e.version = source._version();
+  e.data = source.data_ptr();
+  e.format = format;
+  e.copy = source.detach().to(at::kBFloat16).contiguous(format);
+  ++conversions_;
+  entries_.push_back(e);
+  return e.copy;
+}
+
+int64_t Bf16Weights::conversions() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return conversions_;
+}
+
+at::Tensor LinearIn(const torch::nn::Linear& layer, const at::Tensor& x, Bf16Weights* bf16,
+                    at::ScalarType out_dtype) {
+  if (bf16 == nullptr) return Linear(layer, x);
+  at::Tensor y = at::linear(x.to(at::kBFloat16), bf16->Get(layer->weight), bf16->Get(layer->bias));
+  return y.scalar_type() == out_dtype ? y : y.to(out_dtype);
+}
+
 std::pair<at::Tensor, at::Tensor> ConvBnFold::Get(const torch::nn::Conv2dImpl& conv,
                                                   const FrozenBatchNorm2dImpl& bn) {
   TORCH_CHECK(!conv.options.bias(), "ConvBnFold expects a conv without bias");
@@ -74,12 +129,31 @@ std::pair<at::Tensor, at::Tensor> ConvBnFold::Get(const torch::nn::Conv2dImpl& c
   }
   weight_ = weight;
   bias_ = shift;
+  weight_bf16_ = at::Tensor();
+  bias_bf16_ = at::Tensor();
   return {weight_, bias_};
 }
 
 at::Tensor ConvBnFold::Forward(const torch::nn::Conv2dImpl& conv, const FrozenBatchNorm2dImpl& bn,
                                const at::Tensor& x) {
   auto [weight, bias] = Get(conv, bn);
+  if (x.scalar_type() == at::kBFloat16) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (weight.is_same(weight_) && weight_bf16_.defined()) {
+      weight = weight_bf16_;
+      bias = bias_bf16_;
+    } else {
+      at::NoGradGuard no_grad;
+      at::Tensor w = weight.to(at::kBFloat16).contiguous(at::MemoryFormat::ChannelsLast);
+      at::Tensor b = bias.to(at::kBFloat16);
+      if (weight.is_same(weight_)) {  // a cached fold: keep its bf16 copy
+        weight_bf16_ = w;
+        bias_bf16_ = b;
+      }
+      weight = w;
+      bias = b;
+    }
+  }
   const auto& o = conv.options;
   const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
   TORCH_CHECK(padding != nullptr, "ConvBnFold supports explicit conv padding only");
@@ -189,7 +263,10 @@ std::vector<int64_t> ResNetImpl::OutChannels() const {
 std::vector<at::Tensor> ResNetImpl::forward(const at::Tensor& images) {
   at::Tensor x;
   if (UseInferenceFastPath(*this)) {
-    x = fold1_.Forward(*conv1, *bn1, images.contiguous(at::MemoryFormat::ChannelsLast)).relu_();
+    // bf16: the whole trunk runs in bf16 (convolutions, ReLU, pooling and the
+    // residual sums); its outputs are bf16.
+    const at::Tensor input = UseBf16(*this) ? images.to(at::kBFloat16) : images;
+    x = fold1_.Forward(*conv1, *bn1, input.contiguous(at::MemoryFormat::ChannelsLast)).relu_();
   } else {
     x = bn1(conv1(images)).relu_();
   }
@@ -229,18 +306,28 @@ ChannelMapperImpl::ChannelMapperImpl(const std::vector<int64_t>& in_channels,
 std::vector<at::Tensor> ChannelMapperImpl::forward(const std::vector<at::Tensor>& inputs) {
   TORCH_CHECK(static_cast<int64_t>(inputs.size()) == num_inputs_, "ChannelMapper expects ",
               num_inputs_, " inputs, got ", inputs.size());
+  const bool bf16 = UseBf16(*this);
   std::vector<at::Tensor> outs;
   for (size_t i = 0; i < convs->size(); ++i) {
-    auto conv = convs->ptr<torch::nn::SequentialImpl>(i);
-    if (static_cast<int64_t>(i) < num_inputs_) {
-      outs.push_back(conv->forward(inputs[i]));
-    } else if (static_cast<int64_t>(i) == num_inputs_) {
-      outs.push_back(conv->forward(inputs.back()));
-    } else {
-      outs.push_back(conv->forward(outs.back()));
-    }
+    auto level = convs->ptr<torch::nn::SequentialImpl>(i);
+    const at::Tensor& x = static_cast<int64_t>(i) < num_inputs_ ? inputs[i]
+                          : static_cast<int64_t>(i) == num_inputs_ ? inputs.back()
+                                                                   : outs.back();
+    outs.push_back(bf16 ? Bf16Level(*level, x) : level->forward(x));
   }
   return outs;
+}
+
+at::Tensor ChannelMapperImpl::Bf16Level(torch::nn::SequentialImpl& level, const at::Tensor& x) {
+  const auto& conv = *level.ptr<torch::nn::Conv2dImpl>(0);
+  const auto& o = conv.options;
+  const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+  TORCH_CHECK(padding != nullptr, "ChannelMapper supports explicit conv padding only");
+  const at::Tensor y = at::conv2d(
+      x.to(at::kBFloat16).contiguous(at::MemoryFormat::ChannelsLast),
+      bf16_.Get(conv.weight, at::MemoryFormat::ChannelsLast), bf16_.Get(conv.bias), *o.stride(),
+      **padding, *o.dilation(), o.groups());
+  return level.ptr<torch::nn::GroupNormImpl>(1)->forward(y.to(at::kFloat));
 }
 
 // ---------------------------------------------------------------------------

@@ -49,6 +49,40 @@ TORCH_MODULE(FrozenBatchNorm2d);
 // rounding, so the reference numerics (kComposed) never take them.
 bool UseInferenceFastPath(const torch::nn::Module& module);
 
+// Whether `module` runs its matrix products in bf16: the inference fast path
+// with the process's compute precision bf16 (model/precision.h).
+bool UseBf16(const torch::nn::Module& module);
+
+// bf16 copies of a module's fp32 weights for the bf16 inference path, made on
+// first use and reused; a copy is remade when its source tensor is replaced,
+// modified in place or given new storage (identity + version counter + data
+// pointer, as ConvBnFold), so updated weights are never served stale. A module
+// holds one for the few tensors it converts (linear search). Thread-safe.
+class Bf16Weights {
+ public:
+  Bf16Weights() = default;
+  Bf16Weights(const Bf16Weights&) = delete;
+  Bf16Weights& operator=(const Bf16Weights&) = delete;
+
+  // `source` in bf16 (contiguous in `format`); undefined for undefined.
+  at::Tensor Get(const at::Tensor& source,
+                 at::MemoryFormat format = at::MemoryFormat::Contiguous);
+  // How many conversions were made (tests).
+  int64_t conversions() const;
+
+ private:
+  struct Entry {
+    at::Tensor source;
+    int64_t version = 0;
+    const void* data = nullptr;
+    at::MemoryFormat format = at::MemoryFormat::Contiguous;
+    at::Tensor copy;
+  };
+  mutable std::mutex mu_;
+  std::vector<Entry> entries_;
+  int64_t conversions_ = 0;
+};
+
 // A bias-free Conv2d followed by a FrozenBatchNorm2d, folded into one
 // convolution with bias for inference: W' = W * scale per output channel,
 // b' = shift. The folded weight is kept channels-last (oneDNN's native
@@ -58,8 +92,9 @@ bool UseInferenceFastPath(const torch::nn::Module& module);
 // pointer), so fine-tuned conv weights are never served stale. Thread-safe.
 class ConvBnFold {
  public:
-  // bn(conv(x)) through the folded convolution. Call without autograd
-  // recording (the fold is cached without gradient history).
+  // bn(conv(x)) through the folded convolution, in x's dtype (float, or
+  // bfloat16 with a bf16 copy of the fold, made once per fold). Call without
+  // autograd recording (the fold is cached without gradient history).
   at::Tensor Forward(const torch::nn::Conv2dImpl& conv, const FrozenBatchNorm2dImpl& bn,
                      const at::Tensor& x);
   // The folded (weight, bias), rebuilt if stale.
@@ -74,6 +109,7 @@ class ConvBnFold {
   std::vector<int64_t> versions_;
   std::vector<const void*> data_;  // set_data (e.g. Module::to) keeps version and identity
   at::Tensor weight_, bias_;
+  at::Tensor weight_bf16_, bias_bf16_;  // of weight_ / bias_, made on first bf16 use
   int64_t builds_ = 0;
 };
 
@@ -124,11 +160,17 @@ class ChannelMapperImpl : public torch::nn::Module {
  public:
   ChannelMapperImpl(const std::vector<int64_t>& in_channels, int64_t out_channels,
                     int64_t num_outs);
+  // On the bf16 path (UseBf16) the convolutions run in bf16 and the group
+  // norms in fp32; the outputs are fp32 either way.
   std::vector<at::Tensor> forward(const std::vector<at::Tensor>& inputs);
 
  private:
+  // One level's conv (bf16) + GroupNorm (fp32).
+  at::Tensor Bf16Level(torch::nn::SequentialImpl& level, const at::Tensor& x);
+
   int64_t num_inputs_;
   torch::nn::ModuleList convs{nullptr};
+  Bf16Weights bf16_;
 };
 TORCH_MODULE(ChannelMapper);
 
@@ -163,6 +205,13 @@ at::Tensor SineEmbed(const at::Tensor& pos, int64_t num_pos_feats, double temper
 inline at::Tensor Linear(const torch::nn::Linear& layer, const at::Tensor& x) {
   return at::linear(x, layer->weight, layer->bias);
 }
+
+// `layer` applied to x: with `bf16` given, in bfloat16 with its cached bf16
+// weights (x converted if float; float accumulation inside oneDNN) and the
+// result in `out_dtype`; without, Linear(layer, x). Modules pass
+// UseBf16(*this) ? &their_cache : nullptr.
+at::Tensor LinearIn(const torch::nn::Linear& layer, const at::Tensor& x, Bf16Weights* bf16,
+                    at::ScalarType out_dtype = at::kFloat);
 
 // log(x / (1 - x)) with x clamped to [eps, 1 - eps] (official eps 1e-3).
 at::Tensor InverseSigmoid(const at::Tensor& x, double eps = 1e-3);

@@ -36,9 +36,19 @@ at::Tensor SelfAttentionImpl::forward(const at::Tensor& qk, const at::Tensor& v_
   auto heads = [&](const at::Tensor& t) {
     return t.contiguous().view({n, batch * num_heads_, head_dim}).transpose(0, 1);
   };
-  at::Tensor q = heads(at::linear(x, w[0], b[0]));
-  at::Tensor k = heads(at::linear(x, w[1], b[1]));
-  at::Tensor v = heads(at::linear(xv, w[2], b[2]));
+  // bf16 path: the projections in bf16 (results in fp32); the attention
+  // logits, the relation bias and the softmax stay fp32.
+  const bool bf16 = UseBf16(*this);
+  auto project = [&](const at::Tensor& t, int i) {
+    if (!bf16) return at::linear(t, w[i], b[i]);
+    const at::Tensor wb = bf16_.Get(in_proj_weight), bb = bf16_.Get(in_proj_bias);
+    const int64_t e = embed_dim_;
+    return at::linear(t.to(at::kBFloat16), wb.narrow(0, i * e, e), bb.narrow(0, i * e, e))
+        .to(at::kFloat);
+  };
+  at::Tensor q = heads(project(x, 0));
+  at::Tensor k = heads(project(x, 1));
+  at::Tensor v = heads(project(xv, 2));
 
   at::Tensor additive;  // [B*H, N, N] or [1, N, N]
   if (logit_bias.defined()) {
@@ -56,7 +66,7 @@ at::Tensor SelfAttentionImpl::forward(const at::Tensor& qk, const at::Tensor& v_
   attn = attn.softmax(-1);
   if (record_weights) last_weights = attn.detach().view({batch, num_heads_, n, n});
   at::Tensor out = at::bmm(attn, v).transpose(0, 1).contiguous().view({n * batch, embed_dim_});
-  out = Linear(out_proj, out);
+  out = LinearIn(out_proj, out, bf16 ? &bf16_ : nullptr);
   return out.view({n, batch, embed_dim_}).transpose(0, 1);
 }
 
@@ -108,6 +118,19 @@ at::Tensor EncoderLayerImpl::BlockedNormFfn(const at::Tensor& query, const at::T
   const at::Tensor q = query.reshape({-1, e}), a = attn.reshape({-1, e});
   const int64_t rows = q.size(0);
   at::Tensor out = at::empty({rows, e}, query.options());
+  if (UseBf16(*this)) {
+    // bf16 products, fp32 residual sums and layer norms.
+    const at::Tensor w1 = bf16_.Get(linear1->weight).t(), w2 = bf16_.Get(linear2->weight).t();
+    const at::Tensor b1 = bf16_.Get(linear1->bias), b2 = bf16_.Get(linear2->bias);
+    for (int64_t start = 0; start < rows; start += kRowBlock) {
+      const int64_t n = std::min(kRowBlock, rows - start);
+      at::Tensor x = LayerNormOf(norm1, q.narrow(0, start, n) + a.narrow(0, start, n));
+      at::Tensor h = at::addmm(b1, x.to(at::kBFloat16), w1).relu_();
+      at::Tensor y = at::addmm(b2, h, w2).to(at::kFloat).add_(x);
+      out.narrow(0, start, n).copy_(LayerNormOf(norm2, y));
+    }
+    return out.view(query.sizes());
+  }
   const at::Tensor w1 = linear1->weight.t(), w2 = linear2->weight.t();
   for (int64_t start = 0; start < rows; start += kRowBlock) {
     const int64_t n = std::min(kRowBlock, rows - start);
@@ -156,13 +179,22 @@ at::Tensor EncoderImpl::BlockedMemoryFusion(const std::vector<at::Tensor>& outpu
   for (const auto& o : outputs) flat.push_back(o.reshape({-1, e}));
   const int64_t rows = flat.front().size(0);
   at::Tensor out = at::empty({rows, fusion_out_->weight.size(0)}, first.options());
-  const at::Tensor w_in = fusion_in_->weight.t(), w_out = fusion_out_->weight.t();
+  const bool bf16 = UseBf16(*this);
+  Bf16Weights& c = bf16_;
+  const at::Tensor w_in = (bf16 ? c.Get(fusion_in_->weight) : fusion_in_->weight).t();
+  const at::Tensor w_out = (bf16 ? c.Get(fusion_out_->weight) : fusion_out_->weight).t();
+  const at::Tensor b_in = bf16 ? c.Get(fusion_in_->bias) : fusion_in_->bias;
+  const at::Tensor b_out = bf16 ? c.Get(fusion_out_->bias) : fusion_out_->bias;
   std::vector<at::Tensor> parts(flat.size());
   for (int64_t start = 0; start < rows; start += kRowBlock) {
     const int64_t n = std::min(kRowBlock, rows - start);
-    for (size_t i = 0; i < flat.size(); ++i) parts[i] = flat[i].narrow(0, start, n);
-    at::Tensor h = at::addmm(fusion_in_->bias, at::cat(parts, 1), w_in).relu_();
-    at::Tensor y = at::addmm(fusion_out_->bias, h, w_out);
+    for (size_t i = 0; i < flat.size(); ++i) {
+      parts[i] = flat[i].narrow(0, start, n);
+      if (bf16) parts[i] = parts[i].to(at::kBFloat16);
+    }
+    at::Tensor h = at::addmm(b_in, at::cat(parts, 1), w_in).relu_();
+    at::Tensor y = at::addmm(b_out, h, w_out);
+    if (bf16) y = y.to(at::kFloat);
     out.narrow(0, start, n).copy_(LayerNormOf(fusion_norm_, y));
   }
   auto shape = first.sizes().vec();
@@ -198,7 +230,9 @@ at::Tensor DecoderLayerImpl::forward(const at::Tensor& query, const at::Tensor& 
     x = norm1(x + cross_attn(x + query_pos, reference_points, value, shapes, padding_mask));
   }
   ScopedStage stage("norm + ffn");
-  return norm3(x + Linear(linear2, at::relu(Linear(linear1, x))));
+  Bf16Weights* bf16 = UseBf16(*this) ? &bf16_ : nullptr;
+  return norm3(x + LinearIn(linear2,
+                            at::relu(LinearIn(linear1, x, bf16, at::kBFloat16)), bf16));
 }
 
 // ---------------------------------------------------------------------------
@@ -394,7 +428,8 @@ TransformerOutput RelationTransformerImpl::forward(const MultiLevelInput& in,
   proposal_logits.masked_fill_(invalid, std::numeric_limits<float>::infinity());
   at::Tensor output_memory =
       memory * mask_flatten.logical_not().unsqueeze(-1) * proposals_valid;
-  output_memory = enc_output_norm(Linear(enc_output, output_memory));
+  output_memory =
+      enc_output_norm(LinearIn(enc_output, output_memory, UseBf16(*this) ? &bf16_ : nullptr));
 
   const int64_t positions = feat_flatten.size(1);
   auto select_topk = [&](const at::Tensor& logits_all, const at::Tensor& coords_all,

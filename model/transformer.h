@@ -40,6 +40,7 @@ class SelfAttentionImpl : public torch::nn::Module {
 
  private:
   int64_t embed_dim_, num_heads_;
+  Bf16Weights bf16_;  // projections on the bf16 path
 };
 TORCH_MODULE(SelfAttention);
 
@@ -59,6 +60,7 @@ class EncoderLayerImpl : public torch::nn::Module {
   MultiScaleDeformableAttention self_attn{nullptr};
   torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};
   torch::nn::Linear linear1{nullptr}, linear2{nullptr};
+  Bf16Weights bf16_;  // feed-forward on the bf16 path
 };
 TORCH_MODULE(EncoderLayer);
 
@@ -79,6 +81,7 @@ class EncoderImpl : public torch::nn::Module {
   torch::nn::Sequential memory_fusion{nullptr};
   torch::nn::Linear fusion_in_{nullptr}, fusion_out_{nullptr};
   torch::nn::LayerNorm fusion_norm_{nullptr};
+  Bf16Weights bf16_;  // memory fusion on the bf16 path
 };
 TORCH_MODULE(Encoder);
 
@@ -95,6 +98,7 @@ class DecoderLayerImpl : public torch::nn::Module {
   MultiScaleDeformableAttention cross_attn{nullptr};
   torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr}, norm3{nullptr};
   torch::nn::Linear linear1{nullptr}, linear2{nullptr};
+  Bf16Weights bf16_;  // feed-forward on the bf16 path
 };
 TORCH_MODULE(DecoderLayer);
 
@@ -175,6 +179,7 @@ class RelationTransformerImpl : public torch::nn::Module {
   torch::nn::Embedding tgt_embed{nullptr}, hybrid_tgt_embed{nullptr};
   torch::nn::Linear encoder_class_head{nullptr}, hybrid_class_head{nullptr};
   MLP encoder_bbox_head{nullptr}, hybrid_bbox_head{nullptr};
+  Bf16Weights bf16_;  // enc_output on the bf16 path
 };
 TORCH_MODULE(RelationTransformer);
 

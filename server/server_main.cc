@@ -40,6 +40,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "model/default_model.h"
+#include "model/precision.h"
 #include "model/runtime.h"
 #include "server/admin/admin_auth.h"
 #include "server/admin/job_manager.h"
@@ -64,6 +65,9 @@ ABSL_FLAG(std::string, model_dir, "",
           "Model directory (default: the embedded lp-detr-shapes model, found from the "
           "binary's location: <bin>/../share/lpdetr/models/lp-detr-shapes)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(std::string, precision, "auto",
+          "fp32, bf16 or auto: bf16 runs the convolutions and matrix products in bfloat16; auto "
+          "picks bf16 when the CPU has AMX-BF16 or AVX512-BF16 (CUDA: compute capability >= 8.0)");
 ABSL_FLAG(int32_t, max_batch_size, 8, "Most images per inference batch");
 ABSL_FLAG(int64_t, max_queue_delay_us, 2000,
           "Longest wait for a batch to fill, from its oldest request's arrival (0: no wait)");
@@ -260,6 +264,7 @@ void Drain(std::chrono::steady_clock::time_point deadline, HealthServiceImpl* he
 // Everything the flags (and the --config file) say, checked once.
 struct ServerConfig {
   std::string grpc_address, metrics_address, model_dir, device;
+  PrecisionRequest precision = PrecisionRequest::kAuto;
   Batcher::Options batcher;
   DetectionServiceImpl::Options service;
   int intra_op_threads = 0;
@@ -324,6 +329,22 @@ absl::Status ReadAdminConfig(ServerConfig* c) {
   return c->jobs.Validate();
 }
 
+// Resolves --precision for --device, sets the compute precision of every
+// model this process serves and logs the choice and its reason.
+absl::Status ApplyPrecision(const ServerConfig& c) {
+  const c10::Device device = c.device == "cuda" ? c10::Device(c10::kCUDA, 0) : c10::kCPU;
+  PrecisionChoice choice;
+  try {
+    choice = ResolvePrecision(c.precision, device);
+  } catch (const std::invalid_argument& e) {
+    return absl::InvalidArgumentError(e.what());
+  }
+  SetComputePrecision(choice.precision);
+  LogEvent(LogLevel::kInfo, "precision",
+           {{"precision", PrecisionName(choice.precision)}, {"reason", choice.reason}});
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ServerConfig> ReadConfig(int argc, char** argv) {
   ServerConfig c;
   const std::set<std::string> explicit_flags = ExplicitFlags(argc, argv);
@@ -335,6 +356,10 @@ absl::StatusOr<ServerConfig> ReadConfig(int argc, char** argv) {
   c.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   c.model_dir = absl::GetFlag(FLAGS_model_dir);
   c.device = absl::GetFlag(FLAGS_device);
+  if (!ParsePrecisionRequest(absl::GetFlag(FLAGS_precision), &c.precision)) {
+    return absl::InvalidArgumentError(absl::StrCat("--precision must be fp32, bf16 or auto, got '",
+                                                   absl::GetFlag(FLAGS_precision), "'"));
+  }
   c.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
   if (c.intra_op_threads < 0) {
     return absl::InvalidArgumentError(
@@ -368,6 +393,7 @@ void LogConfig(const ServerConfig& c) {
             {"metrics_address", c.metrics_address},
             {"model_dir", c.model_dir},
             {"device", c.device},
+            {"precision", PrecisionRequestName(c.precision)},
             {"max_batch_size", c.batcher.max_batch_size},
             {"max_queue_delay_us", c.batcher.max_queue_delay_us},
             {"max_queue_size", c.batcher.max_queue_size},
@@ -506,6 +532,7 @@ int Main(int argc, char** argv) {
   if (!source.ok()) return Fail(source.status(), "model");
 
   ApplyNumerics(Numerics::kFast, c.intra_op_threads);
+  if (absl::Status s = ApplyPrecision(c); !s.ok()) return Fail(s, "config");
   auto registry = std::make_shared<metrics::Registry>();
   auto service_metrics = std::make_shared<ServiceMetrics>(registry);
   service_metrics->SetQueueCapacity(c.batcher.max_queue_size);

@@ -29,6 +29,7 @@
 #include "model/default_model.h"
 #include "model/model_dir.h"
 #include "model/ops/cpu_isa.h"
+#include "model/precision.h"
 #include "model/preprocess.h"
 #include "model/runtime.h"
 #include "model/safetensors.h"
@@ -64,6 +65,11 @@ common flags:
   --device D      cpu (default) or cuda
   --numerics M    fast (default) or reference: the numerics of the official
                   parity fixtures (bit-exact outputs; default for run-tensor)
+  --precision P   fp32, bf16 or auto (run-tensor, bench, detect): bf16 runs the
+                  convolutions and matrix products in bfloat16 (fast numerics
+                  only); auto (default for bench and detect) picks bf16 when
+                  the CPU has AMX-BF16 or AVX512-BF16 (CUDA: compute
+                  capability >= 8.0), else fp32. run-tensor defaults to fp32.
 )";
 
 class UsageError : public std::runtime_error {
@@ -150,6 +156,34 @@ void Setup(const Flags& flags) {
   ApplyNumerics(g_numerics, static_cast<int>(flags.Int("threads", 0)));
 }
 
+// Resolves --precision (default `fallback`) for `device`, sets the process's
+// compute precision and says which on stderr.
+Precision SetupPrecision(const Flags& flags, const c10::Device& device,
+                         PrecisionRequest fallback) {
+  PrecisionRequest request = fallback;
+  if (flags.Has("precision") && !ParsePrecisionRequest(flags.Str("precision"), &request)) {
+    throw UsageError("--precision must be fp32, bf16 or auto, got '" + flags.Str("precision") +
+                     "'");
+  }
+  if (g_numerics == Numerics::kReference) {
+    if (request == PrecisionRequest::kBf16) {
+      throw UsageError("--precision bf16 needs --numerics fast (reference numerics are fp32)");
+    }
+    SetComputePrecision(Precision::kFp32);
+    return Precision::kFp32;
+  }
+  PrecisionChoice choice;
+  try {
+    choice = ResolvePrecision(request, device);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
+  SetComputePrecision(choice.precision);
+  std::fprintf(stderr, "lpdetr-model: precision %s: %s\n", PrecisionName(choice.precision),
+               choice.reason.c_str());
+  return choice.precision;
+}
+
 double PeakRssMiB() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
@@ -196,9 +230,11 @@ nlohmann::json AlphaJson(const at::Tensor& alpha) {
 
 // ---------------------------------------------------------------------------
 int RunTensor(int argc, char** argv) {
-  Flags flags(argc, argv, 2, {"model", "input", "output", "threads", "device", "numerics"});
+  Flags flags(argc, argv, 2,
+              {"model", "input", "output", "threads", "device", "numerics", "precision"});
   Setup(flags);
   const c10::Device device = ParseDevice(flags);
+  SetupPrecision(flags, device, PrecisionRequest::kFp32);
   LoadedModel loaded = LoadModelDir(flags.Required("model"), device);
   SafetensorsContents in = ReadSafetensors(flags.Required("input"));
   for (const char* key : {"images", "mask", "image_sizes"}) {
@@ -239,7 +275,7 @@ int RunTensor(int argc, char** argv) {
 int Bench(int argc, char** argv) {
   Flags flags(argc, argv, 2,
               {"config", "height", "width", "iters", "batch", "warmup", "stages", "ops", "threads",
-               "device", "numerics"});
+               "device", "numerics", "precision"});
   Setup(flags);
   const std::string ops = flags.Str("ops", "");
   if (ops == "composed") {
@@ -250,6 +286,12 @@ int Bench(int argc, char** argv) {
     throw UsageError("--ops must be kernels or composed, got '" + ops + "'");
   }
   const c10::Device device = ParseDevice(flags);
+  const bool composed = GetOpBackend() == OpBackend::kComposed;
+  const Precision precision = SetupPrecision(
+      flags, device, composed ? PrecisionRequest::kFp32 : PrecisionRequest::kAuto);
+  if (precision == Precision::kBf16 && composed) {
+    throw UsageError("--precision bf16 needs --ops kernels (the composed operators are fp32)");
+  }
   ModelConfig config = ModelConfig::FromFile(flags.Required("config"));
   const int64_t height = flags.Int("height", 800), width = flags.Int("width", 1066);
   const int64_t iters = flags.Int("iters", 5), batch_size = flags.Int("batch", 1);
@@ -313,6 +355,7 @@ int Bench(int argc, char** argv) {
               GetOpBackend() == OpBackend::kKernels && device.is_cpu()
                   ? (std::string(" (CPU ") + ops::CpuIsaName(ops::CpuKernelIsa()) + ")").c_str()
                   : "");
+  std::printf("precision: %s\n", PrecisionName(precision));
   std::printf("iterations: %lld (after %lld warm-up)\n", static_cast<long long>(iters),
               static_cast<long long>(warmup));
   std::printf("median seconds per image: %.3f\n", median);
@@ -336,12 +379,14 @@ int Bench(int argc, char** argv) {
 // ---------------------------------------------------------------------------
 int Detect(int argc, char** argv) {
   Flags flags(argc, argv, 2,
-              {"model", "image", "score-threshold", "max-detections", "threads", "device", "numerics"});
+              {"model", "image", "score-threshold", "max-detections", "threads", "device", "numerics",
+               "precision"});
   Setup(flags);
 #ifndef LPDETR_HAVE_OPENCV
   throw std::runtime_error("detect needs OpenCV, which this build was made without");
 #else
   const c10::Device device = ParseDevice(flags);
+  const Precision precision = SetupPrecision(flags, device, PrecisionRequest::kAuto);
   const double threshold = flags.Double("score-threshold", 0.3);
   const int64_t max_det = flags.Int("max-detections", 100);
   if (!(threshold >= 0.0 && threshold <= 1.0)) {
@@ -388,6 +433,7 @@ int Detect(int argc, char** argv) {
                            {"width", rgb.cols},
                            {"height", rgb.rows},
                            {"model", c.name},
+                           {"precision", PrecisionName(precision)},
                            {"inference_seconds", dt},
                            {"detections", list}};
   std::cout << result.dump(2) << std::endl;

@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/model_dir.h"
+#include "model/precision.h"
 #include "model/runtime.h"
 #include "train/coco_eval.h"
 #include "train/tools/commands.h"
@@ -39,7 +40,7 @@ constexpr const char* kEvalUsage =
     "usage: lpdetr-train eval --annotations GT.json --detections DT.json\n"
     "       lpdetr-train eval --model DIR --annotations GT.json --images IMAGE_DIR\n"
     "                         [--batch-size N] [--threads T] [--detections-out DT.json]\n"
-    "                         [--max-images K]\n"
+    "                         [--max-images K] [--precision fp32|bf16|auto]\n"
     "\n"
     "COCO bbox evaluation with pycocotools' semantics (IoU .50:.05:.95, area\n"
     "ranges from the annotations' `area`, crowd regions, at most 1/10/100\n"
@@ -59,6 +60,10 @@ constexpr const char* kEvalUsage =
     "  --detections-out DT.json  also write the model's detections (COCO results)\n"
     "  --max-images K          only the first K images of GT.json (default 0 = all);\n"
     "                          only their ground truth counts\n"
+    "  --precision P           fp32 (default), bf16 or auto: the model's compute\n"
+    "                          precision (bf16: convolutions and matrix products\n"
+    "                          in bfloat16; auto: bf16 where the CPU has AMX-BF16\n"
+    "                          or AVX512-BF16)\n"
     "  --help                  this text\n"
     "\n"
     "Prints one JSON object: AP AP50 AP75 APs APm APl AR1 AR10 AR100 ARs ARm ARl\n"
@@ -70,7 +75,8 @@ constexpr const char* kEvalUsage =
 
 const std::set<std::string> kDetectionsFormFlags = {"annotations", "detections"};
 const std::set<std::string> kModelFormFlags = {
-    "model", "annotations", "images", "batch-size", "threads", "detections-out", "max-images"};
+    "model",          "annotations", "images",   "batch-size",
+    "threads",        "detections-out", "max-images", "precision"};
 
 // Usage errors CommandFlags leaves to its callers: a flag given twice.
 void CheckNoRepeatedFlags(int argc, char** argv) {
@@ -163,7 +169,21 @@ int EvaluateModel(const CommandFlags& flags) {
 #ifndef LPDETR_HAVE_OPENCV
   throw std::runtime_error("eval --model needs OpenCV, which this build was made without");
 #else
+  PrecisionRequest request = PrecisionRequest::kFp32;
+  if (flags.Has("precision") && !ParsePrecisionRequest(flags.Str("precision", ""), &request)) {
+    throw UsageError("--precision must be fp32, bf16 or auto, got '" +
+                     flags.Str("precision", "") + "'");
+  }
+  PrecisionChoice precision;
+  try {
+    precision = ResolvePrecision(request, c10::kCPU);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
   ApplyNumerics(Numerics::kFast, static_cast<int>(threads));
+  SetComputePrecision(precision.precision);
+  std::fprintf(stderr, "lpdetr-train eval: precision %s: %s\n",
+               PrecisionName(precision.precision), precision.reason.c_str());
   LoadedModel loaded = LoadModelDir(model_dir);
   const std::vector<int64_t> category_ids = ReadCategoryIds(model_dir);
 
