@@ -83,7 +83,12 @@ class Server:
         args = [str(BIN_DIR / "lpdetr-server"),
                 "--grpc_address=" + self.address,
                 "--metrics_address=127.0.0.1:%d" % self.metrics_port,
-                "--num_workers=1", "--intra_op_threads=1"] + list(extra_args)
+                "--num_workers=1", "--intra_op_threads=1"]
+        # fp32 unless a test asks otherwise: the fixture models have random
+        # weights, whose detections only fp32 reproduces exactly.
+        if not any(str(a).startswith("--precision") for a in extra_args):
+            args.append("--precision=fp32")
+        args += list(extra_args)
         if not any(str(a).startswith("--admin_address") for a in extra_args):
             args.append("--admin_address=" + self.admin_address)
         process_env = dict(os.environ)

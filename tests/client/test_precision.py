@@ -44,8 +44,8 @@ class ServerPrecisionTest(unittest.TestCase):
         self.addCleanup(server.stop)
         return server
 
-    def test_auto_is_the_default_and_follows_the_cpu(self):
-        server = self.serve()
+    def test_auto_follows_the_cpu(self):
+        server = self.serve("--precision=auto")
         events = precision_events(server.log_tail(400))
         self.assertEqual(len(events), 1, server.log_tail(400))
         self.assertEqual(events[0]["precision"], "bf16" if BF16 else "fp32", events[0])

@@ -81,7 +81,8 @@ class ServerProcess {
     log_ = log;
     std::vector<std::string> args = {testing_paths::BinDir() + "/lpdetr-server",
                                      "--grpc_address=127.0.0.1:0",
-                                     "--metrics_address=127.0.0.1:0", "--intra_op_threads=2"};
+                                     "--metrics_address=127.0.0.1:0", "--intra_op_threads=2",
+                                     "--precision=fp32"};
     args.insert(args.end(), extra.begin(), extra.end());
     pid_ = fork();
     if (pid_ == 0) {
