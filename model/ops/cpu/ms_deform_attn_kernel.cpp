@@ -6,8 +6,8 @@
 //
 // Forward: parallel over (batch, query) rows; for each (query, head) a D-wide
 // accumulator (float accumulation and D in {8, 16, 32, 64}: AVX2 registers,
-// bfloat16 widened 8 lanes at a time; a bfloat16 value with D in {16, 32, 64}
-// on AVX-512 CPUs: AVX-512 registers, 16 lanes, ~5-10% faster) gathers the
+// bfloat16 widened 8 lanes at a time; a bfloat16 value with D in {32, 64} on
+// AVX-512 CPUs: AVX-512 registers, 16 lanes, ~5-15% faster) gathers the
 // four bilinear corners of every level and point, each a contiguous D-vector
 // value[b, position, h, :]. LPDETR_CPU_ISA=avx2 rules the AVX-512 path out
 // (model/ops/cpu_isa.h).
@@ -342,16 +342,16 @@ LPDETR_TARGET_AVX512 __attribute__((flatten)) void ForwardRowsBf16Avx512(
 }
 #endif
 
-// The AVX-512 forward for a bfloat16 value and D in {16, 32, 64} when the
+// The AVX-512 forward for a bfloat16 value and D in {32, 64} when the
 // kernels use AVX-512 (CpuKernelIsa: call outside parallel regions), else
-// nullptr.
+// nullptr. (At D = 16 one 512-bit register per row was ~10% slower than two
+// 256-bit ones on Zen 4.)
 template <typename V, typename P>
 ForwardRowsFn<V, P>* Avx512ForwardRows(int64_t dim) {
 #if defined(LPDETR_CPU_AVX512_VARIANTS)
   if constexpr (std::is_same_v<V, BFloat16>) {
     if (CpuKernelIsa() == CpuIsa::kAvx512) {
       switch (dim) {
-        case 16: return &ForwardRowsBf16Avx512<1, P>;
         case 32: return &ForwardRowsBf16Avx512<2, P>;
         case 64: return &ForwardRowsBf16Avx512<4, P>;
         default: break;
