@@ -109,8 +109,7 @@ std::pair<at::Tensor, at::Tensor> ConvBnFold::Get(const torch::nn::Conv2dImpl& c
   for (const at::Tensor* t : sources) cacheable = cacheable && !t->is_inference();
   bool fresh = cacheable && weight_.defined() && sources_.size() == sources.size();
   for (size_t i = 0; fresh && i < sources.size(); ++i) {
-    fresh = sources_[i].is_same(*sources[i]) && versions_[i] == sources[i]->_version() &&
-            data_[i] == sources[i]->data_ptr();
+    fresh = SameSource(sources_[i], versions_[i], data_[i], *sources[i]);
   }
   if (fresh) return {weight_, bias_};
   at::NoGradGuard no_grad;

@@ -39,9 +39,10 @@ at::Tensor SelfAttentionImpl::forward(const at::Tensor& qk, const at::Tensor& v_
   // bf16 path: the projections in bf16 (results in fp32); the attention
   // logits, the relation bias and the softmax stay fp32.
   const bool bf16 = UseBf16(*this);
+  const at::Tensor wb = bf16 ? bf16_.Get(in_proj_weight) : at::Tensor();
+  const at::Tensor bb = bf16 ? bf16_.Get(in_proj_bias) : at::Tensor();
   auto project = [&](const at::Tensor& t, int i) {
     if (!bf16) return at::linear(t, w[i], b[i]);
-    const at::Tensor wb = bf16_.Get(in_proj_weight), bb = bf16_.Get(in_proj_bias);
     const int64_t e = embed_dim_;
     return at::linear(t.to(at::kBFloat16), wb.narrow(0, i * e, e), bb.narrow(0, i * e, e))
         .to(at::kFloat);
