@@ -1,12 +1,15 @@
-// ChildProcess: fork + execve of one child, a stdout line reader and a
-// waiter that reaps the child's pid. See child_process.h.
+// ChildProcess: clone(CLONE_VM | CLONE_VFORK) + execve of one child, a
+// stdout line reader and a waiter that reaps the child's pid. See
+// child_process.h.
 #include "server/admin/child_process.h"
 
 #include <fcntl.h>
 #include <signal.h>
 #include <poll.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -42,8 +45,9 @@ struct ChildReport {
   int32_t error;
 };
 
-// Everything the child needs, prepared before fork so that the child only
-// makes async-signal-safe calls.
+// Everything the child needs, prepared before the clone so that the child
+// only makes async-signal-safe calls and writes nothing but its own stack
+// (it shares the parent's memory until execve).
 struct ChildPlan {
   char* const* argv = nullptr;
   char* const* envp = nullptr;
@@ -87,10 +91,11 @@ int AboveStdio(int fd) {
   ::_exit(127);
 }
 
-// Runs in the child between fork and execve: async-signal-safe calls only.
+// Runs in the child between clone and execve: async-signal-safe calls only.
 [[noreturn]] void RunChild(const ChildPlan& plan) {
   // A clean signal state: default dispositions, nothing blocked (the parent
-  // blocked everything around fork).
+  // blocked everything around the clone). The child has its own copy of the
+  // dispositions (no CLONE_SIGHAND), so resetting them leaves the server's.
   struct sigaction dfl;
   ::memset(&dfl, 0, sizeof(dfl));
   dfl.sa_handler = SIG_DFL;
@@ -130,6 +135,35 @@ int AboveStdio(int fd) {
   }
   ::execve(plan.argv[0], plan.argv, plan.envp);
   ChildFail(plan.report_fd, ChildStage::kExec, errno);
+}
+
+int ChildEntry(void* plan) { RunChild(*static_cast<const ChildPlan*>(plan)); }
+
+// The child's stack while it shares the parent's memory (execve drops it).
+constexpr size_t kChildStackBytes = 256 << 10;
+
+// Starts RunChild(plan) in a new process and returns its pid once the child
+// has called execve or exited (-1 with errno on failure).
+//
+// Not fork(): fork runs the pthread_atfork handlers of every library in the
+// server, in the calling thread, while the other threads keep running.
+// OpenBLAS's handler shuts its thread pool down under a GEMM that another
+// thread (an inference worker) has in flight, and that GEMM then waits
+// forever for work the pool dropped: the server hung when a fine-tuning job
+// started under Detect load. clone(CLONE_VM | CLONE_VFORK), as posix_spawn
+// does, runs no atfork handler and copies no page tables; the parent thread
+// is suspended until the child's execve (or exit).
+pid_t CloneChild(const ChildPlan& plan) {
+  void* stack = ::mmap(nullptr, kChildStackBytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) return -1;
+  char* top = static_cast<char*>(stack) + kChildStackBytes;  // x86-64 stacks grow down
+  const pid_t pid = ::clone(&ChildEntry, top, CLONE_VM | CLONE_VFORK | SIGCHLD,
+                            const_cast<ChildPlan*>(&plan));
+  const int error = errno;
+  ::munmap(stack, kChildStackBytes);
+  errno = error;
+  return pid;
 }
 
 absl::Status ReportToStatus(const ChildReport& report, const ChildProcessOptions& options) {
@@ -229,7 +263,7 @@ std::string ExitStatus::ToString() const {
 absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(ChildProcessOptions options) {
   if (absl::Status valid = Validate(options); !valid.ok()) return valid;
 
-  // Everything the child reads is built here, before fork.
+  // Everything the child reads is built here, before the clone.
   std::vector<std::string> argv_storage = options.argv;
   std::vector<char*> argv = CStrings(argv_storage);
   std::vector<std::string> env_storage = BuildEnv(options.extra_env);
@@ -284,18 +318,17 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(ChildProcessOp
   const long open_max = ::sysconf(_SC_OPEN_MAX);
   if (open_max > 0) plan.max_fd = open_max;
 
-  // Block every signal around fork so no handler of the server runs in the
-  // child before it resets the dispositions.
+  // Block every signal around the clone so no handler of the server runs in
+  // the child (on the parent's memory) before it resets the dispositions.
   sigset_t all, old;
   ::sigfillset(&all);
   ::pthread_sigmask(SIG_SETMASK, &all, &old);
-  const pid_t pid = ::fork();
-  if (pid == 0) RunChild(plan);
-  const int fork_error = errno;
+  const pid_t pid = CloneChild(plan);
+  const int clone_error = errno;
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0) {
     close_all();
-    return absl::ErrnoToStatus(fork_error, "fork failed");
+    return absl::ErrnoToStatus(clone_error, "cannot start the child process (clone)");
   }
 
   // The child's ends; the parent keeps the log (the reader writes to it).

@@ -1,6 +1,8 @@
 // ChildProcess runs one child program (for the admin service: one
 // `lpdetr-train train ...` fine-tuning job) and watches it until it ends.
-// It is a plain Linux wrapper: fork + execve, no shell, no LibTorch.
+// It is a plain Linux wrapper: clone + execve (as posix_spawn: no
+// pthread_atfork handler runs in the server, so a library's thread pool in
+// use by another thread is left alone), no shell, no LibTorch.
 //
 // What the child gets:
 //   - argv[0] is executed as given (no PATH search; a relative path is

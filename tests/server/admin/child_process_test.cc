@@ -2,6 +2,7 @@
 // /bin/true, /bin/sleep).
 #include "server/admin/child_process.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -495,6 +496,10 @@ TEST_F(ChildProcessTest, IgnoredSignalsResetInChild) {
   ign.sa_handler = SIG_IGN;
   ASSERT_EQ(::sigaction(SIGPIPE, &ign, &old), 0);
   auto child = MustStart(Collecting("grep SigIgn /proc/self/status"));
+  // The child reset its own copy of the dispositions, not the server's.
+  struct sigaction now {};
+  ASSERT_EQ(::sigaction(SIGPIPE, nullptr, &now), 0);
+  EXPECT_EQ(now.sa_handler, SIG_IGN);
   ::sigaction(SIGPIPE, &old, nullptr);
   ASSERT_NE(child, nullptr);
   EXPECT_TRUE(child->Wait().Exited(0));
@@ -502,6 +507,26 @@ TEST_F(ChildProcessTest, IgnoredSignalsResetInChild) {
   const std::string hex = Lines()[0].substr(Lines()[0].find_last_of(" \t") + 1);
   const unsigned long long ignored = std::stoull(hex, nullptr, 16);
   EXPECT_EQ(ignored & (1ull << (SIGPIPE - 1)), 0u) << Lines()[0];
+}
+
+std::atomic<int> g_atfork_prepares{0};
+
+TEST_F(ChildProcessTest, RunsNoAtforkHandlerInTheParent) {
+  // Libraries' pthread_atfork handlers (OpenBLAS shuts its thread pool down
+  // in one) must not run in the server while other threads use them.
+  static const int registered =
+      ::pthread_atfork([] { g_atfork_prepares.fetch_add(1); }, nullptr, nullptr);
+  ASSERT_EQ(registered, 0);
+  const int before = g_atfork_prepares.load();
+  for (int i = 0; i < 3; ++i) {
+    ChildProcessOptions options;
+    options.argv = {"/bin/true"};
+    options.log_path = log_;
+    auto child = MustStart(std::move(options));
+    ASSERT_NE(child, nullptr);
+    EXPECT_TRUE(child->Wait().Exited(0));
+  }
+  EXPECT_EQ(g_atfork_prepares.load(), before);
 }
 
 }  // namespace
