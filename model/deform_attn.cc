@@ -9,6 +9,7 @@
 
 #include "model/layers.h"
 #include "model/ops/ms_deform_attn.h"
+#include "model/precision.h"
 #include "model/runtime.h"
 
 namespace lpdetr {
@@ -169,9 +170,11 @@ at::Tensor MultiScaleDeformableAttentionImpl::forward(const at::Tensor& query,
   if (key_padding_mask.defined()) v = v.masked_fill(key_padding_mask.unsqueeze(-1), 0.0);
   v = v.view({batch, num_value, num_heads_, embed_dim_ / num_heads_});
 
-  at::Tensor offsets = LinearIn(sampling_offsets, query, bf16).view(
-      {batch, num_query, num_heads_, num_levels_, num_points_, 2});
-  at::Tensor weights = LinearIn(attention_weights, query, bf16)
+  // Fp32: the offsets and the attention-weight logits come out of bf16
+  // products under training autocast; locations and the softmax are fp32.
+  at::Tensor offsets = Fp32(LinearIn(sampling_offsets, query, bf16))
+                           .view({batch, num_query, num_heads_, num_levels_, num_points_, 2});
+  at::Tensor weights = Fp32(LinearIn(attention_weights, query, bf16))
                            .view({batch, num_query, num_heads_, num_levels_ * num_points_})
                            .softmax(-1)
                            .view({batch, num_query, num_heads_, num_levels_, num_points_});

@@ -31,8 +31,9 @@ std::pair<at::Tensor, at::Tensor> FrozenBatchNorm2dImpl::ScaleShift() const {
 
 at::Tensor FrozenBatchNorm2dImpl::forward(const at::Tensor& x) {
   if (batch_statistics && is_training()) {
-    return at::batch_norm(x, weight, bias, running_mean, running_var, /*training=*/true, momentum,
-                          eps, /*cudnn_enabled=*/true);
+    // Batch statistics in fp32, also for a bf16 convolution output (autocast).
+    return at::batch_norm(Fp32(x), weight, bias, running_mean, running_var, /*training=*/true,
+                          momentum, eps, /*cudnn_enabled=*/true);
   }
   auto [scale, shift] = ScaleShift();
   return x * scale.view({1, -1, 1, 1}) + shift.view({1, -1, 1, 1});
@@ -312,7 +313,13 @@ std::vector<at::Tensor> ChannelMapperImpl::forward(const std::vector<at::Tensor>
     const at::Tensor& x = static_cast<int64_t>(i) < num_inputs_ ? inputs[i]
                           : static_cast<int64_t>(i) == num_inputs_ ? inputs.back()
                                                                    : outs.back();
-    outs.push_back(bf16 ? Bf16Level(*level, x) : level->forward(x));
+    if (bf16) {
+      outs.push_back(Bf16Level(*level, x));
+    } else {
+      // conv, then GroupNorm on an fp32 input (bf16 under training autocast).
+      const at::Tensor y = level->ptr<torch::nn::Conv2dImpl>(0)->forward(x);
+      outs.push_back(level->ptr<torch::nn::GroupNormImpl>(1)->forward(Fp32(y)));
+    }
   }
   return outs;
 }

@@ -3,6 +3,8 @@
 #include <atomic>
 #include <stdexcept>
 
+#include <ATen/autocast_mode.h>
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
@@ -136,8 +138,66 @@ PrecisionChoice ResolvePrecision(PrecisionRequest request, const c10::Device& de
   return ResolvePrecision(request, device, DetectCpuBf16());
 }
 
+PrecisionChoice ResolvePrecisionFlag(const std::string& text, const c10::Device& device) {
+  PrecisionRequest request;
+  if (!ParsePrecisionRequest(text, &request)) {
+    throw std::invalid_argument("--precision must be fp32, bf16 or auto, got '" + text + "'");
+  }
+  return ResolvePrecision(request, device);
+}
+
 void SetComputePrecision(Precision precision) { g_precision.store(precision); }
 
 Precision GetComputePrecision() { return g_precision.load(std::memory_order_relaxed); }
+
+ScopedBf16Autocast::ScopedBf16Autocast(bool enabled, c10::DeviceType device) {
+  if (!enabled) return;
+  active_ = true;
+  cuda_ = device == c10::DeviceType::CUDA;
+  if (cuda_) {
+    was_enabled_ = at::autocast::is_enabled();
+    was_dtype_ = at::autocast::get_autocast_gpu_dtype();
+    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+    at::autocast::set_enabled(true);
+  } else {
+    was_enabled_ = at::autocast::is_cpu_enabled();
+    was_dtype_ = at::autocast::get_autocast_cpu_dtype();
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    at::autocast::set_cpu_enabled(true);
+  }
+  at::autocast::increment_nesting();
+}
+
+ScopedBf16Autocast::~ScopedBf16Autocast() {
+  if (!active_) return;
+  // The cached bf16 copies of the weights live until the outermost scope
+  // ends (one forward), as with torch.autocast.
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  if (cuda_) {
+    at::autocast::set_enabled(was_enabled_);
+    at::autocast::set_autocast_gpu_dtype(was_dtype_);
+  } else {
+    at::autocast::set_cpu_enabled(was_enabled_);
+    at::autocast::set_autocast_cpu_dtype(was_dtype_);
+  }
+}
+
+ScopedFp32::ScopedFp32() : cpu_(at::autocast::is_cpu_enabled()), cuda_(at::autocast::is_enabled()) {
+  if (cpu_) at::autocast::set_cpu_enabled(false);
+  if (cuda_) at::autocast::set_enabled(false);
+}
+
+ScopedFp32::~ScopedFp32() {
+  if (cpu_) at::autocast::set_cpu_enabled(true);
+  if (cuda_) at::autocast::set_enabled(true);
+}
+
+bool AutocastActive() { return at::autocast::is_cpu_enabled() || at::autocast::is_enabled(); }
+
+at::Tensor Fp32(const at::Tensor& x) {
+  if (!x.defined()) return x;
+  const at::ScalarType t = x.scalar_type();
+  return t == at::kBFloat16 || t == at::kHalf ? x.to(at::kFloat) : x;
+}
 
 }  // namespace lpdetr

@@ -9,7 +9,13 @@
 // relation op, the prediction heads, box refinement, query selection and
 // post-processing stay fp32. bf16 applies only on the inference fast path
 // (UseInferenceFastPath in model/layers.h): the reference numerics and
-// training are not affected (training uses autocast, see train/).
+// training are not affected.
+//
+// Training in bf16 uses LibTorch's autocast instead (ScopedBf16Autocast
+// around a model forward): the same convolutions and linear layers run in
+// bf16 against fp32 master weights (autocast casts them per forward and the
+// gradients come back in fp32), while the model's fp32 parts run under
+// ScopedFp32 with their inputs cast back with Fp32().
 //
 // `auto` picks bf16 where the hardware runs it natively: on CPU when it has
 // AMX-BF16 or AVX512-BF16 (read with CPUID, with the operating system's
@@ -19,6 +25,7 @@
 
 #include <string>
 
+#include <ATen/Tensor.h>
 #include <c10/core/Device.h>
 
 namespace lpdetr {
@@ -57,10 +64,55 @@ PrecisionChoice ResolvePrecision(PrecisionRequest request, const c10::Device& de
                                  const CpuBf16Support& cpu);
 // The same with this machine's CPU (DetectCpuBf16).
 PrecisionChoice ResolvePrecision(PrecisionRequest request, const c10::Device& device);
+// A `--precision` value ("fp32", "bf16" or "auto") parsed and resolved for
+// `device` on this machine. Throws std::invalid_argument (a message for the
+// user) on any other value and where ResolvePrecision does.
+PrecisionChoice ResolvePrecisionFlag(const std::string& text, const c10::Device& device);
 
 // Process-wide compute precision of the inference fast path (default fp32).
 // Set once at start-up, before models run; thread-safe to read.
 void SetComputePrecision(Precision precision);
 Precision GetComputePrecision();
+
+// bf16 autocast for the calling thread during its scope (autocast state is
+// per thread): matrix products and convolutions run in bf16 on `device`'s
+// type, with autocast's weight-cast cache cleared when the outermost scope
+// ends. `enabled` false changes nothing. Not copyable; nest freely.
+class ScopedBf16Autocast {
+ public:
+  ScopedBf16Autocast(bool enabled, c10::DeviceType device);
+  ~ScopedBf16Autocast();
+  ScopedBf16Autocast(const ScopedBf16Autocast&) = delete;
+  ScopedBf16Autocast& operator=(const ScopedBf16Autocast&) = delete;
+
+ private:
+  bool active_ = false;
+  bool cuda_ = false;
+  bool was_enabled_ = false;
+  at::ScalarType was_dtype_ = at::kBFloat16;
+};
+
+// Autocast suspended for the calling thread during its scope: the parts of
+// the model that stay fp32 in bf16 training (normalisation inputs, the
+// relation op, the prediction heads and box refinement, attention logits).
+// A no-op when autocast is off.
+class ScopedFp32 {
+ public:
+  ScopedFp32();
+  ~ScopedFp32();
+  ScopedFp32(const ScopedFp32&) = delete;
+  ScopedFp32& operator=(const ScopedFp32&) = delete;
+
+ private:
+  bool cpu_ = false;
+  bool cuda_ = false;
+};
+
+// Whether autocast is on in the calling thread (CPU or CUDA).
+bool AutocastActive();
+
+// `x` in fp32 when it holds bf16 or fp16 (differentiable cast); `x` itself
+// otherwise.
+at::Tensor Fp32(const at::Tensor& x);
 
 }  // namespace lpdetr

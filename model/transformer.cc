@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <torch/nn/modules/activation.h>
 
+#include "model/precision.h"
 #include "model/runtime.h"
 
 namespace lpdetr {
@@ -51,20 +52,28 @@ at::Tensor SelfAttentionImpl::forward(const at::Tensor& qk, const at::Tensor& v_
   at::Tensor k = heads(project(x, 1));
   at::Tensor v = heads(project(xv, 2));
 
-  at::Tensor additive;  // [B*H, N, N] or [1, N, N]
-  if (logit_bias.defined()) {
-    additive = logit_bias.reshape({batch * num_heads_, n, n});
-    if (mask.defined()) {
-      additive = additive.masked_fill(mask, -std::numeric_limits<float>::infinity());
+  at::Tensor attn;
+  {
+    // Under training autocast the projections come out in bf16; the logits,
+    // the relation bias and the softmax are computed in fp32 all the same.
+    ScopedFp32 fp32;
+    q = Fp32(q);
+    k = Fp32(k);
+    at::Tensor additive;  // [B*H, N, N] or [1, N, N]
+    if (logit_bias.defined()) {
+      additive = logit_bias.reshape({batch * num_heads_, n, n});
+      if (mask.defined()) {
+        additive = additive.masked_fill(mask, -std::numeric_limits<float>::infinity());
+      }
+    } else if (mask.defined()) {
+      additive = at::zeros({1, n, n}, q.options())
+                     .masked_fill_(mask, -std::numeric_limits<float>::infinity());
     }
-  } else if (mask.defined()) {
-    additive = at::zeros({1, n, n}, q.options())
-                   .masked_fill_(mask, -std::numeric_limits<float>::infinity());
+    q = q / std::sqrt(static_cast<double>(head_dim));
+    attn = additive.defined() ? at::baddbmm(additive, q, k.transpose(-2, -1))
+                              : at::bmm(q, k.transpose(-2, -1));
+    attn = attn.softmax(-1);
   }
-  q = q / std::sqrt(static_cast<double>(head_dim));
-  at::Tensor attn = additive.defined() ? at::baddbmm(additive, q, k.transpose(-2, -1))
-                                       : at::bmm(q, k.transpose(-2, -1));
-  attn = attn.softmax(-1);
   if (record_weights) last_weights = attn.detach().view({batch, num_heads_, n, n});
   at::Tensor out = at::bmm(attn, v).transpose(0, 1).contiguous().view({n * batch, embed_dim_});
   out = LinearIn(out_proj, out, bf16 ? &bf16_ : nullptr);
@@ -170,7 +179,7 @@ at::Tensor EncoderImpl::forward(at::Tensor query, const at::Tensor& query_pos,
   if (UseInferenceFastPath(*this)) return BlockedMemoryFusion(outputs);
   at::Tensor x = at::cat(outputs, -1);
   x = at::relu(Linear(fusion_in_, x));
-  return fusion_norm_(Linear(fusion_out_, x));
+  return fusion_norm_(Fp32(Linear(fusion_out_, x)));
 }
 
 at::Tensor EncoderImpl::BlockedMemoryFusion(const std::vector<at::Tensor>& outputs) {
@@ -309,6 +318,7 @@ DecoderOutput DecoderImpl::forward(at::Tensor query, at::Tensor reference_points
     if (!skip_relation) {
       if (lp && multi_scale_relation) {
         ScopedStage stage("relation");
+        ScopedFp32 fp32;
         bias = LpRelationBias(l == 0 ? ref : prev_boxes, l);
       } else if (!lp) {
         bias = relation_bias;
@@ -319,7 +329,8 @@ DecoderOutput DecoderImpl::forward(at::Tensor query, at::Tensor reference_points
     at::Tensor output_coord;
     {
       ScopedStage stage("heads");
-      at::Tensor normed = norm(query);
+      ScopedFp32 fp32;  // heads and box refinement in fp32 under training autocast
+      at::Tensor normed = norm(Fp32(query));
       classes.push_back(Linear(class_heads_[l], normed));
       output_coord = (bbox_heads_[l](normed) + InverseSigmoid(reference_points)).sigmoid();
       coords.push_back(output_coord);
@@ -328,11 +339,13 @@ DecoderOutput DecoderImpl::forward(at::Tensor query, at::Tensor reference_points
 
     if (!skip_relation && position_relation_embedding) {
       ScopedStage stage("relation");
+      ScopedFp32 fp32;
       at::Tensor src = l >= 1 ? prev_boxes : reference_points;
       relation_bias = PadHeads(position_relation_embedding(src.detach(), output_coord.detach()));
     }
     prev_boxes = output_coord.detach();
-    reference_points = (bbox_heads_[l](query) + InverseSigmoid(ref)).sigmoid();
+    ScopedFp32 fp32;
+    reference_points = (bbox_heads_[l](Fp32(query)) + InverseSigmoid(ref)).sigmoid();
   }
   return {at::stack(classes), at::stack(coords)};
 }
@@ -429,8 +442,8 @@ TransformerOutput RelationTransformerImpl::forward(const MultiLevelInput& in,
   proposal_logits.masked_fill_(invalid, std::numeric_limits<float>::infinity());
   at::Tensor output_memory =
       memory * mask_flatten.logical_not().unsqueeze(-1) * proposals_valid;
-  output_memory =
-      enc_output_norm(LinearIn(enc_output, output_memory, UseBf16(*this) ? &bf16_ : nullptr));
+  output_memory = enc_output_norm(
+      Fp32(LinearIn(enc_output, output_memory, UseBf16(*this) ? &bf16_ : nullptr)));
 
   const int64_t positions = feat_flatten.size(1);
   auto select_topk = [&](const at::Tensor& logits_all, const at::Tensor& coords_all,
@@ -448,10 +461,13 @@ TransformerOutput RelationTransformerImpl::forward(const MultiLevelInput& in,
   };
 
   TransformerOutput out;
-  at::Tensor enc_class_all = Linear(encoder_class_head, output_memory);
-  at::Tensor enc_coord_all = (encoder_bbox_head(output_memory) + proposal_logits).sigmoid();
-  select_topk(enc_class_all, enc_coord_all, config_.num_queries, &out.enc_logits,
-              &out.enc_boxes);
+  {
+    ScopedFp32 fp32;  // the heads and the selection in fp32 under training autocast
+    at::Tensor enc_class_all = Linear(encoder_class_head, output_memory);
+    at::Tensor enc_coord_all = (encoder_bbox_head(output_memory) + proposal_logits).sigmoid();
+    select_topk(enc_class_all, enc_coord_all, config_.num_queries, &out.enc_logits,
+                &out.enc_boxes);
+  }
 
   at::Tensor reference = out.enc_boxes.detach();
   at::Tensor target = tgt_embed->weight.unsqueeze(0).expand({batch, -1, -1});
@@ -469,10 +485,14 @@ TransformerOutput RelationTransformerImpl::forward(const MultiLevelInput& in,
   }
 
   if (is_training()) {
-    at::Tensor hybrid_class_all = Linear(hybrid_class_head, output_memory);
-    at::Tensor hybrid_coord_all = (hybrid_bbox_head(output_memory) + proposal_logits).sigmoid();
-    select_topk(hybrid_class_all, hybrid_coord_all, config_.hybrid_num_proposals,
-                &out.hybrid_enc_logits, &out.hybrid_enc_boxes);
+    {
+      ScopedFp32 fp32;
+      at::Tensor hybrid_class_all = Linear(hybrid_class_head, output_memory);
+      at::Tensor hybrid_coord_all =
+          (hybrid_bbox_head(output_memory) + proposal_logits).sigmoid();
+      select_topk(hybrid_class_all, hybrid_coord_all, config_.hybrid_num_proposals,
+                  &out.hybrid_enc_logits, &out.hybrid_enc_boxes);
+    }
     at::Tensor hybrid_target = hybrid_tgt_embed->weight.unsqueeze(0).expand({batch, -1, -1});
     ScopedStage stage("hybrid decoder");
     out.hybrid = decoder(hybrid_target, out.hybrid_enc_boxes.detach(), memory, shapes,

@@ -100,6 +100,23 @@ std::set<std::string> CpuInfoFlags() {
   return flags;
 }
 
+TEST(Precision, FlagValuesResolveOrNameTheBadValue) {
+  EXPECT_EQ(ResolvePrecisionFlag("fp32", c10::kCPU).precision, Precision::kFp32);
+  const Precision native = DetectCpuBf16().any() ? Precision::kBf16 : Precision::kFp32;
+  EXPECT_EQ(ResolvePrecisionFlag("auto", c10::kCPU).precision, native);
+  if (native == Precision::kFp32) {
+    EXPECT_THROW(ResolvePrecisionFlag("bf16", c10::kCPU), std::invalid_argument);
+  } else {
+    EXPECT_EQ(ResolvePrecisionFlag("bf16", c10::kCPU).precision, Precision::kBf16);
+  }
+  try {
+    ResolvePrecisionFlag("half", c10::kCPU);
+    FAIL() << "no error for 'half'";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("'half'"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Precision, DetectionAgreesWithTheKernelsCpuFlags) {
   const std::set<std::string> flags = CpuInfoFlags();
   if (flags.empty()) GTEST_SKIP() << "no /proc/cpuinfo flags";

@@ -21,6 +21,7 @@
 #include "model/config.h"
 #include "model/detector.h"
 #include "model/model_dir.h"
+#include "model/precision.h"
 #include "model/runtime.h"
 #include "train/checkpoint.h"
 #include "train/coco_dataset.h"
@@ -403,8 +404,19 @@ void Trainer::RestoreCheckpoint() {
        std::to_string(state_.step) + ")");
 }
 
+// bf16 training needs native bf16 here and the fused ops (the composed
+// reference ops do not take a bf16 value); throws std::invalid_argument.
+void CheckTrainingPrecision(const TrainConfig& config) {
+  if (config.precision != "bf16") return;
+  ResolvePrecision(PrecisionRequest::kBf16, c10::Device(c10::kCPU));  // throws without bf16
+  if (GetOpBackend() != OpBackend::kKernels) {
+    throw std::invalid_argument("bf16 training needs the fused ops (--ops kernels)");
+  }
+}
+
 RunResult Trainer::Start() {
   config_.Validate();
+  CheckTrainingPrecision(config_);
   if (config_.backbone_training.empty()) {
     config_.backbone_training = BackboneTrainingName(
         config_.base_model.empty() ? BackboneTraining::kFull : BackboneTraining::kFinetune);
@@ -451,6 +463,7 @@ RunResult Trainer::Resume() {
   // Runs recorded before the setting existed fine-tuned.
   if (config_.backbone_training.empty()) config_.backbone_training = "finetune";
   config_.Validate();
+  CheckTrainingPrecision(config_);
   LoadDatasets();
   LoadRunModel();
   SetUpOptimization();
@@ -483,7 +496,13 @@ Trainer::BatchOutcome Trainer::RunBatch(LpDetr& model, const TrainBatch& batch,
   BatchOutcome o;
   model->denoising_generator->set_generator(at::make_generator<at::CPUGeneratorImpl>(
       BatchSeed(config_.seed, batch.epoch, batch.batch_in_epoch)));
-  DetectorOutput out = model->forward(batch.batch, &batch.targets);
+  DetectorOutput out;
+  {
+    // The forward only: the losses, the matching and the backward's own
+    // dtypes follow from the fp32 outputs.
+    ScopedBf16Autocast autocast(config_.precision == "bf16", c10::DeviceType::CPU);
+    out = model->forward(batch.batch, &batch.targets);
+  }
   // Non-finite outputs cannot be matched (the assignment rejects NaN
   // costs): they are this step's failure, reported as such.
   if (!OutputsFinite(out)) {
@@ -786,6 +805,7 @@ void VisitRunJsonFields(Config& c, Visitor&& visit) {
   visit("model_config", c.model_config);
   visit("backbone_training", c.backbone_training);
   visit("export_dtype", c.export_dtype);
+  visit("precision", c.precision);
   visit("epochs", c.epochs);
   visit("batch_size", c.batch_size);
   visit("accumulate_steps", c.accumulate_steps);
@@ -895,6 +915,8 @@ void TrainConfig::Validate() const {
                      "AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl)");
   if (!backbone_training.empty()) ParseBackboneTraining(backbone_training);
   ExportDtype(export_dtype);
+  need(precision == "fp32" || precision == "bf16",
+       "precision must be fp32 or bf16, got '" + precision + "'");
   schedule.Validate();
   if (ema) ema_options.Validate();
   if (!augment_options.scales.empty()) augment_options.Validate();

@@ -64,6 +64,11 @@ struct TrainConfig {
   // Storage of the float tensors of model/ and best/: fp32, fp16 or bf16
   // (the model computes in fp32 either way; fp16 halves the files).
   std::string export_dtype = "fp32";
+  // Compute precision of the training forwards: fp32, or bf16 (autocast:
+  // convolutions and matrix products in bf16 against fp32 master weights and
+  // fp32 optimizer state; normalisation, heads, box refinement, relation and
+  // losses in fp32; model/precision.h). Needs a CPU with native bf16.
+  std::string precision = "fp32";
   int64_t epochs = 12;
   int64_t batch_size = 2;
   int64_t accumulate_steps = 1;

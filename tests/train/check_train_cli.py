@@ -561,6 +561,57 @@ class RecipeOptions(TrainCase):
             self.assertFalse(os.path.exists(os.path.join(self.tmp, "bad", "run.json")))
 
 
+
+def cpu_has_native_bf16():
+    """AVX512-BF16 or AMX-BF16 in the kernel's CPU flags (listed only when
+    the kernel enabled their state), as lpdetr-train's own check."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class Precision(TrainCase):
+    """--precision fp32|bf16|auto: recorded in run.json and kept on resume;
+    bf16 keeps fp32 master weights and optimizer state; bf16 on a CPU without
+    it is a usage error."""
+
+    def test_bad_value_is_a_usage_error(self):
+        p = self.train(os.path.join(self.tmp, "bad-precision"), "--precision", "fp16", expect=2)
+        self.assertIn("fp16", p.stderr)
+
+    def test_auto_records_what_this_cpu_runs(self):
+        run = os.path.join(self.tmp, "auto")
+        p = self.train(run, "--max-steps", "1", "--precision", "auto", val=False)
+        expected = "bf16" if cpu_has_native_bf16() else "fp32"
+        self.assertEqual(load_json(os.path.join(run, "run.json"))["precision"], expected)
+        self.assertIn("training precision " + expected, p.stderr)
+
+    def test_bf16_trains_with_fp32_master_weights_and_resumes_in_bf16(self):
+        run = os.path.join(self.tmp, "bf16")
+        if not cpu_has_native_bf16():
+            p = self.train(run, "--max-steps", "2", "--precision", "bf16", expect=2)
+            self.assertIn("bf16", p.stderr)
+            self.assertFalse(os.path.exists(os.path.join(run, "run.json")))
+            self.skipTest("this CPU has neither AVX512-BF16 nor AMX-BF16: "
+                          "checked the usage error only")
+        self.train(run, "--max-steps", "4", "--precision", "bf16", "--stop-after-steps", "2",
+                   expect=3)
+        self.assertEqual(load_json(os.path.join(run, "run.json"))["precision"], "bf16")
+        self.run_cli([ARGS.binary, "resume", run, "--progress", "json", "--threads", "2"], 0)
+        steps = [e for e in read_events(run) if e["event"] == "step"]
+        self.assertEqual([e["step"] for e in steps], [1, 2, 3, 4])
+        for e in steps:
+            self.assertTrue(np.isfinite(e["loss"]), e)
+        ckpt = self.latest_checkpoint(run)
+        for name in ("weights.safetensors", "optimizer.safetensors"):
+            dtypes = safetensors_dtypes(os.path.join(ckpt, name))
+            floats = {d for d in dtypes.values() if d.startswith(("F", "BF"))}
+            self.assertEqual(floats, {"F32"}, name)
+
+
 def main():
     global ARGS
     parser = argparse.ArgumentParser()

@@ -421,7 +421,13 @@ TEST(TrainConfig, JsonRoundTripAndValidation) {
   c.schedule.warmup_steps = 7;
   c.backbone_training = "full";
   c.export_dtype = "fp16";
+  c.precision = "bf16";
   const TrainConfig back = TrainConfig::FromJson(c.ToJson());
+  EXPECT_EQ(back.precision, "bf16");
+  // Runs recorded before the setting trained in fp32.
+  nlohmann::json old_run = c.ToJson();
+  old_run.erase("precision");
+  EXPECT_EQ(TrainConfig::FromJson(old_run).precision, "fp32");
   EXPECT_EQ(back.schedule.warmup_steps, 7);
   EXPECT_EQ(back.backbone_training, "full");
   EXPECT_EQ(back.export_dtype, "fp16");
@@ -435,6 +441,9 @@ TEST(TrainConfig, JsonRoundTripAndValidation) {
   EXPECT_THROW(bad.Validate(), std::invalid_argument);
   bad = c;
   bad.backbone_training = "frozen";
+  EXPECT_THROW(bad.Validate(), std::invalid_argument);
+  bad = c;
+  bad.precision = "fp16";
   EXPECT_THROW(bad.Validate(), std::invalid_argument);
   bad = c;
   bad.export_dtype = "int8";

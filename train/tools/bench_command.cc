@@ -2,7 +2,7 @@
 // model (SPEC 2.4).
 //
 //   lpdetr-train bench --config CONFIG.json --height H --width W --iters N
-//       [--precision fp32] [--threads T] [--warmup K] [--stages 0|1]
+//       [--precision fp32|bf16|auto] [--threads T] [--warmup K] [--stages 0|1]
 //       [--ops kernels|composed]
 //
 // One step = the training forward (contrastive denoising and the hybrid branch
@@ -37,6 +37,7 @@
 #include "model/cpu_caching_allocator.h"
 #include "model/detector.h"
 #include "model/ops/cpu_isa.h"
+#include "model/precision.h"
 #include "model/preprocess.h"
 #include "model/runtime.h"
 #include "train/criterion.h"
@@ -48,7 +49,7 @@ namespace lpdetr::train {
 namespace {
 
 constexpr const char* kUsage = R"(usage: lpdetr-train bench --config CONFIG.json --height H --width W --iters N
-       [--precision fp32] [--threads T] [--warmup K] [--stages 0|1] [--ops kernels|composed]
+       [--precision fp32|bf16|auto] [--threads T] [--warmup K] [--stages 0|1] [--ops kernels|composed]
 
 Times training steps of a random-weight model built from CONFIG: batch 1, a
 random H x W image, three random boxes; each step is the training forward
@@ -57,7 +58,9 @@ random H x W image, three random boxes; each step is the training forward
 Prints `median seconds per step: S`, peak RSS and a per-stage breakdown.
   --iters     timed steps (required, >= 1)
   --warmup    untimed steps before them (default 1)
-  --precision fp32 (the only one for now)
+  --precision fp32 (default), bf16 (the training forward under bf16
+              autocast, as lpdetr-train train --precision bf16; needs a CPU
+              with AVX512-BF16 or AMX-BF16) or auto (bf16 where the CPU has it)
   --threads   intra-op threads (default: all cores)
   --stages    1 (default) prints the per-stage breakdown, 0 does not
   --ops       operator backend: kernels (default) or composed
@@ -71,6 +74,8 @@ struct BenchOptions {
   int threads = 0;
   bool stages = true;
   std::string ops;  // empty: the numerics' default
+  Precision precision = Precision::kFp32;
+  std::string precision_reason;
 };
 
 BenchOptions ParseOptions(int argc, char** argv) {
@@ -80,12 +85,15 @@ BenchOptions ParseOptions(int argc, char** argv) {
   for (const char* required : {"config", "height", "width", "iters"}) {
     if (!flags.Has(required)) throw UsageError(std::string("missing required flag --") + required);
   }
-  const std::string precision = flags.Str("precision", "fp32");
-  if (precision != "fp32") {
-    throw UsageError("--precision " + precision +
-                     " is not supported by lpdetr-train bench yet (only fp32)");
-  }
   BenchOptions o;
+  try {
+    const PrecisionChoice choice =
+        ResolvePrecisionFlag(flags.Str("precision", "fp32"), c10::Device(c10::kCPU));
+    o.precision = choice.precision;
+    o.precision_reason = choice.reason;
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
   o.config_path = flags.Required("config");
   o.height = flags.Int("height", 0);
   o.width = flags.Int("width", 0);
@@ -107,6 +115,9 @@ BenchOptions ParseOptions(int argc, char** argv) {
   o.stages = stages == 1;
   if (!o.ops.empty() && o.ops != "kernels" && o.ops != "composed") {
     throw UsageError("--ops must be kernels or composed, got '" + o.ops + "'");
+  }
+  if (o.precision == Precision::kBf16 && o.ops == "composed") {
+    throw UsageError("--precision bf16 needs --ops kernels (the composed ops take no bf16 value)");
   }
   return o;
 }
@@ -168,8 +179,8 @@ struct StepResult {
 
 class TrainingStepBench {
  public:
-  TrainingStepBench(const ModelConfig& config, int64_t height, int64_t width)
-      : config_(config), model_(config) {
+  TrainingStepBench(const ModelConfig& config, int64_t height, int64_t width, bool bf16)
+      : config_(config), model_(config), bf16_(bf16) {
     PrepareForTraining(*model_);
     groups_ = FinetuneBackboneAndLinearProjection(*model_);
     params_ = GroupTensors(groups_);
@@ -185,6 +196,7 @@ class TrainingStepBench {
     DetectorOutput out;
     {
       ScopedStage stage("forward");
+      ScopedBf16Autocast autocast(bf16_, c10::DeviceType::CPU);
       out = model_->forward(batch_, &targets_);
     }
     CriterionResult loss;
@@ -213,6 +225,7 @@ class TrainingStepBench {
  private:
   ModelConfig config_;
   LpDetr model_;
+  bool bf16_ = false;
   OptimizerOptions options_;
   std::vector<ParameterGroup> groups_;
   std::vector<at::Tensor> params_;
@@ -262,7 +275,7 @@ int Run(int argc, char** argv) {
   const ModelConfig config = ModelConfig::FromFile(o.config_path);
 
   at::manual_seed(0);
-  TrainingStepBench bench(config, o.height, o.width);
+  TrainingStepBench bench(config, o.height, o.width, o.precision == Precision::kBf16);
   StageTimer timer;
   if (o.stages) SetStageTimer(&timer);
   std::vector<double> seconds, cpu_seconds, system_seconds;
@@ -292,11 +305,12 @@ int Run(int argc, char** argv) {
               config.name.c_str(), RelationVariantName(config.relation_variant),
               config.backbone.c_str(), config.relation_heads, config.num_heads,
               config.num_queries, config.hybrid_num_proposals, config.denoising_nums);
-  std::printf("input: %lld x %lld (padded %lld x %lld), batch 1, %lld boxes, precision fp32, "
-              "intra-op threads %d, ops %s%s\n",
+  std::printf("input: %lld x %lld (padded %lld x %lld), batch 1, %lld boxes, precision %s "
+              "(%s), intra-op threads %d, ops %s%s\n",
               static_cast<long long>(o.height), static_cast<long long>(o.width),
               static_cast<long long>(shape.height), static_cast<long long>(shape.width),
-              static_cast<long long>(kNumBoxes), at::get_num_threads(),
+              static_cast<long long>(kNumBoxes), PrecisionName(o.precision),
+              o.precision_reason.c_str(), at::get_num_threads(),
               GetOpBackend() == OpBackend::kKernels ? "kernels" : "composed",
               GetOpBackend() == OpBackend::kKernels
                   ? (std::string(" (CPU ") + ops::CpuIsaName(ops::CpuKernelIsa()) + ")").c_str()

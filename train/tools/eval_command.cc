@@ -169,14 +169,9 @@ int EvaluateModel(const CommandFlags& flags) {
 #ifndef LPDETR_HAVE_OPENCV
   throw std::runtime_error("eval --model needs OpenCV, which this build was made without");
 #else
-  PrecisionRequest request = PrecisionRequest::kFp32;
-  if (flags.Has("precision") && !ParsePrecisionRequest(flags.Str("precision", ""), &request)) {
-    throw UsageError("--precision must be fp32, bf16 or auto, got '" +
-                     flags.Str("precision", "") + "'");
-  }
   PrecisionChoice precision;
   try {
-    precision = ResolvePrecision(request, c10::kCPU);
+    precision = ResolvePrecisionFlag(flags.Str("precision", "fp32"), c10::kCPU);
   } catch (const std::invalid_argument& e) {
     throw UsageError(e.what());
   }

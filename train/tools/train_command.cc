@@ -15,6 +15,7 @@
 #include <string>
 #include <thread>
 
+#include "model/precision.h"
 #include "train/tools/commands.h"
 #include "train/tools/flags.h"
 #include "train/trainer.h"
@@ -83,7 +84,11 @@ Process:
                        each on its own model replica with threads / N intra-op
                        threads (default 1; same mean gradient, faster for small
                        models on few cores)
-  --precision          fp32 (the only one for now)
+  --precision          fp32 (default), bf16 or auto: bf16 autocast of the
+                       convolutions and matrix products (fp32 master weights,
+                       optimizer state, norms, heads and losses); needs a CPU
+                       with AVX512-BF16 or AMX-BF16. auto: bf16 where the CPU
+                       has it. The run records the choice (resume keeps it)
   --progress           auto (bar on a terminal, JSON lines otherwise), bar, json, quiet
   --log-every          a step event every N steps (default 1)
   --stop-after-steps   stop after N steps of this invocation with a resumable
@@ -125,6 +130,20 @@ ProgressReporter::Mode ParseProgressMode(const std::string& mode) {
   if (mode == "json") return ProgressReporter::Mode::kJson;
   if (mode == "quiet") return ProgressReporter::Mode::kQuiet;
   throw UsageError("--progress must be auto, bar, json or quiet, got '" + mode + "'");
+}
+
+// --precision fp32 (default), bf16 or auto, resolved for this CPU (the run
+// records the result). bf16 on a CPU without native bf16 is a usage error.
+std::string TrainingPrecision(const CommandFlags& flags) {
+  PrecisionChoice choice;
+  try {
+    choice = ResolvePrecisionFlag(flags.Str("precision", "fp32"), c10::Device(c10::kCPU));
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
+  std::fprintf(stderr, "lpdetr-train: training precision %s: %s\n",
+               PrecisionName(choice.precision), choice.reason.c_str());
+  return PrecisionName(choice.precision);
 }
 
 RunOptions ParseRunOptions(const CommandFlags& flags) {
@@ -189,10 +208,7 @@ TrainConfig ParseTrainConfig(const CommandFlags& flags) {
   c.workers = flags.Int("workers", c.workers);
   c.prefetch = flags.Int("prefetch", c.prefetch);
   c.log_every = flags.Int("log-every", c.log_every);
-  const std::string precision = flags.Str("precision", "fp32");
-  if (precision != "fp32") {
-    throw UsageError("--precision " + precision + " is not supported for training yet (fp32)");
-  }
+  c.precision = TrainingPrecision(flags);
   try {
     c.Validate();
   } catch (const std::invalid_argument& e) {
