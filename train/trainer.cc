@@ -479,7 +479,7 @@ RunResult Trainer::Resume() {
 }
 
 double Trainer::LearningRate() const {
-  return config_.optimizer.lr * config_.schedule.Factor(state_.epoch, state_.step);
+  return config_.optimizer.lr * config_.schedule.Factor(state_.epoch, state_.step, TotalSteps());
 }
 
 double Trainer::SetLearningRates() {
@@ -815,9 +815,11 @@ void VisitRunJsonFields(Config& c, Visitor&& visit) {
   visit("betas", c.optimizer.beta1, c.optimizer.beta2);
   visit("eps", c.optimizer.eps);
   visit("max_grad_norm", c.optimizer.max_grad_norm);
+  visit("lr_schedule", c.schedule.kind);
   visit("lr_milestones", c.schedule.milestones);
   visit("lr_gamma", c.schedule.gamma);
   visit("lr_warmup_steps", c.schedule.warmup_steps);
+  visit("lr_final_factor", c.schedule.final_factor);
   visit("ema", c.ema);
   visit("ema_decay", c.ema_options.decay);
   visit("ema_warmup_steps", c.ema_options.warmup_steps);

@@ -74,7 +74,7 @@ struct TrainConfig {
   int64_t accumulate_steps = 1;
   int64_t max_steps = 0;  // > 0: the run ends after this many steps
   OptimizerOptions optimizer;
-  MultiStepLr schedule;
+  LrSchedule schedule;
   bool ema = false;
   EmaOptions ema_options;
   int64_t eval_every = 0;          // steps; 0: after every epoch

@@ -343,31 +343,63 @@ TEST(ModelEma, FollowsTheDecayRamp) {
   EXPECT_THROW(ModelEma(config, *model, o), std::invalid_argument);
 }
 
-TEST(MultiStepLr, FactorsAndValidation) {
-  MultiStepLr s;
+TEST(LrSchedule, StepFactorsAndValidation) {
+  LrSchedule s;
   s.milestones = {2, 4};
   s.gamma = 0.5;
   EXPECT_DOUBLE_EQ(s.Factor(0), 1.0);
   EXPECT_DOUBLE_EQ(s.Factor(1), 1.0);
   EXPECT_DOUBLE_EQ(s.Factor(2), 0.5);
   EXPECT_DOUBLE_EQ(s.Factor(5), 0.25);
-  MultiStepLr official;  // [10], 0.1 over 12 epochs
+  LrSchedule official;  // [10], 0.1 over 12 epochs
   EXPECT_DOUBLE_EQ(official.Factor(9), 1.0);
   EXPECT_NEAR(official.Factor(10), 0.1, 1e-15);
   // Warm-up: (step + 1) / N over the first N steps, times the epoch factor.
   s.warmup_steps = 4;
-  EXPECT_DOUBLE_EQ(s.Factor(0, 0), 0.25);
-  EXPECT_DOUBLE_EQ(s.Factor(0, 3), 1.0);
-  EXPECT_DOUBLE_EQ(s.Factor(2, 1), 0.5 * 0.5);
-  EXPECT_DOUBLE_EQ(s.Factor(2, 100), 0.5);
+  EXPECT_DOUBLE_EQ(s.Factor(0, 0, 1000), 0.25);
+  EXPECT_DOUBLE_EQ(s.Factor(0, 3, 1000), 1.0);
+  EXPECT_DOUBLE_EQ(s.Factor(2, 1, 1000), 0.5 * 0.5);
+  EXPECT_DOUBLE_EQ(s.Factor(2, 100, 1000), 0.5);
   s.warmup_steps = -1;
   EXPECT_THROW(s.Validate(), std::invalid_argument);
   s.warmup_steps = 0;
-  EXPECT_DOUBLE_EQ(s.Factor(0, 0), 1.0);
+  EXPECT_DOUBLE_EQ(s.Factor(0, 0, 1000), 1.0);
   s.milestones = {4, 2};
   EXPECT_THROW(s.Validate(), std::invalid_argument);
   s.milestones = {2};
   s.gamma = 0;
+  EXPECT_THROW(s.Validate(), std::invalid_argument);
+}
+
+TEST(LrSchedule, CosineFallsFromOneToTheFinalFactorAfterTheWarmUp) {
+  LrSchedule s;
+  s.kind = "cosine";
+  s.final_factor = 0.1;
+  s.warmup_steps = 10;
+  s.milestones = {0};  // not used by the cosine
+  const int64_t total = 110;
+  EXPECT_DOUBLE_EQ(s.Factor(0, 0, total), 0.1);   // warm-up ramp: 1 / 10
+  EXPECT_DOUBLE_EQ(s.Factor(0, 4, total), 0.5);
+  EXPECT_DOUBLE_EQ(s.Factor(0, 10, total), 1.0);  // first step after the warm-up
+  // The cosine runs over the 100 steps after the warm-up (t = 0 .. 1 over
+  // steps 10 .. 109); half-way it is (1 + 0.1) / 2.
+  EXPECT_NEAR(s.Factor(3, 59, total), 0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * 49.0 / 99.0)),
+              1e-12);
+  EXPECT_NEAR(s.Factor(3, 59, total), 0.55, 0.01);
+  EXPECT_DOUBLE_EQ(s.Factor(9, total - 1, total), 0.1);  // the run's last step
+  EXPECT_DOUBLE_EQ(s.Factor(9, total + 5, total), 0.1);  // past it (a longer resume)
+  double previous = 2;
+  for (int64_t step = 10; step < total; ++step) {
+    const double f = s.Factor(step / 20, step, total);
+    EXPECT_LT(f, previous) << "step " << step;
+    previous = f;
+  }
+  EXPECT_DOUBLE_EQ(s.Factor(0, 0, /*total_steps=*/1), 0.1);  // a 1-step run: the ramp alone
+  s.Validate();
+  s.final_factor = 1.5;
+  EXPECT_THROW(s.Validate(), std::invalid_argument);
+  s.final_factor = 0;
+  s.kind = "linear";
   EXPECT_THROW(s.Validate(), std::invalid_argument);
 }
 
@@ -422,12 +454,19 @@ TEST(TrainConfig, JsonRoundTripAndValidation) {
   c.backbone_training = "full";
   c.export_dtype = "fp16";
   c.precision = "bf16";
+  c.schedule.kind = "cosine";
+  c.schedule.final_factor = 0.05;
   const TrainConfig back = TrainConfig::FromJson(c.ToJson());
   EXPECT_EQ(back.precision, "bf16");
+  EXPECT_EQ(back.schedule.kind, "cosine");
+  EXPECT_DOUBLE_EQ(back.schedule.final_factor, 0.05);
   // Runs recorded before the setting trained in fp32.
   nlohmann::json old_run = c.ToJson();
   old_run.erase("precision");
   EXPECT_EQ(TrainConfig::FromJson(old_run).precision, "fp32");
+  // ... and stepped their rate at milestones.
+  old_run.erase("lr_schedule");
+  EXPECT_EQ(TrainConfig::FromJson(old_run).schedule.kind, "step");
   EXPECT_EQ(back.schedule.warmup_steps, 7);
   EXPECT_EQ(back.backbone_training, "full");
   EXPECT_EQ(back.export_dtype, "fp16");
@@ -444,6 +483,9 @@ TEST(TrainConfig, JsonRoundTripAndValidation) {
   EXPECT_THROW(bad.Validate(), std::invalid_argument);
   bad = c;
   bad.precision = "fp16";
+  EXPECT_THROW(bad.Validate(), std::invalid_argument);
+  bad = c;
+  bad.schedule.kind = "linear";
   EXPECT_THROW(bad.Validate(), std::invalid_argument);
   bad = c;
   bad.export_dtype = "int8";

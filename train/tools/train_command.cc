@@ -51,8 +51,12 @@ Schedule:
   --lr                 base learning rate (default 1e-4; the attention's linear
                        projections, and a fine-tuned backbone, train at lr x 0.1)
   --weight-decay       AdamW weight decay (default 1e-4)
+  --lr-schedule        step (default: x --lr-gamma at each --lr-milestones epoch)
+                       or cosine (half a cosine from lr to lr x --lr-final-factor
+                       over the steps after the warm-up)
   --lr-milestones      epochs where lr is multiplied by --lr-gamma (default 10)
   --lr-gamma           (default 0.1)
+  --lr-final-factor    cosine: the last step's factor of lr (default 0.01)
   --lr-warmup-steps    linear warm-up over the first N steps (default 0: none)
   --backbone-training  finetune: stem and layer1 frozen, batch norms frozen,
                        backbone at lr x 0.1 (the official recipe; default with
@@ -180,6 +184,8 @@ TrainConfig ParseTrainConfig(const CommandFlags& flags) {
   c.optimizer.lr = flags.Double("lr", c.optimizer.lr);
   c.optimizer.weight_decay = flags.Double("weight-decay", c.optimizer.weight_decay);
   c.optimizer.max_grad_norm = flags.Double("max-grad-norm", c.optimizer.max_grad_norm);
+  c.schedule.kind = flags.Str("lr-schedule", c.schedule.kind);
+  c.schedule.final_factor = flags.Double("lr-final-factor", c.schedule.final_factor);
   c.schedule.milestones = flags.IntList("lr-milestones", c.schedule.milestones);
   c.schedule.gamma = flags.Double("lr-gamma", c.schedule.gamma);
   c.schedule.warmup_steps = flags.Int("lr-warmup-steps", c.schedule.warmup_steps);
@@ -222,7 +228,7 @@ int RunTrain(int argc, char** argv) {
       argc, argv,
       {"train-annotations", "train-images", "val-annotations", "val-images", "model", "config",
        "output", "epochs", "batch-size", "accumulate-steps", "max-steps", "lr", "weight-decay",
-       "lr-milestones", "lr-gamma", "lr-warmup-steps", "backbone-training", "export-dtype", "max-grad-norm", "ema", "ema-decay", "ema-warmup-steps",
+       "lr-schedule", "lr-milestones", "lr-gamma", "lr-final-factor", "lr-warmup-steps", "backbone-training", "export-dtype", "max-grad-norm", "ema", "ema-decay", "ema-warmup-steps",
        "eval-every", "best-metric", "eval-batch-size", "checkpoint-every", "keep-checkpoints",
        "augment", "scales", "max-size", "seed", "workers", "prefetch", "threads",
        "parallel-batches", "precision", "progress", "log-every", "stop-after-steps"});
