@@ -125,6 +125,12 @@ void ApplyNumerics(Numerics numerics, int threads) {
   } else if (threads <= 0) {
     threads = static_cast<int>(std::thread::hardware_concurrency());
     if (threads <= 0) threads = 1;
+  } else {
+    // An explicit count bounds OpenBLAS's own pool too (it ignores
+    // at::set_num_threads), so that `--threads 1` computes on one core.
+    // Reference numerics keep the pool ConfigureProcess gave them.
+    auto set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    if (set != nullptr) set(threads);
   }
   at::set_num_threads(threads);
 }

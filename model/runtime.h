@@ -85,8 +85,10 @@ void SetOpBackend(OpBackend backend);
 OpBackend GetOpBackend();
 
 // Applies the in-process part of `numerics`: LibTorch intra-op threads (1 in
-// reference mode, else `threads`, 0 = all cores available) and the operator
-// backend (kComposed in reference mode, kKernels otherwise).
+// reference mode, else `threads`, 0 = all cores available), OpenBLAS's thread
+// count (set to `threads` when it is given, > 0, in fast mode; left as it is
+// otherwise) and the operator backend (kComposed in reference mode, kKernels
+// otherwise).
 void ApplyNumerics(Numerics numerics, int threads);
 
 // Wall-clock, calling-thread CPU time and whole-process CPU time breakdown of

@@ -1,6 +1,7 @@
-// Tests of the process-wide memory settings in model/runtime.h.
+// Tests of the process-wide settings in model/runtime.h: memory, threads.
 #include "model/runtime.h"
 
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -8,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 namespace lpdetr {
@@ -47,6 +49,22 @@ TEST(Runtime, ReleaseFreedMemoryHandsRetainedHeapMemoryBack) {
       << "resident " << retained << " -> " << after << " bytes";
 }
 #endif
+
+TEST(Runtime, ApplyNumericsBoundsOpenBlasToAnExplicitThreadCount) {
+  auto get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  auto set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (get == nullptr || set == nullptr) GTEST_SKIP() << "the BLAS in use is not OpenBLAS";
+  const int saved = get();
+  const int saved_aten = at::get_num_threads();
+  ApplyNumerics(Numerics::kFast, 1);
+  EXPECT_EQ(get(), 1);
+  EXPECT_EQ(at::get_num_threads(), 1);
+  // 0 (all cores) leaves OpenBLAS's own choice alone.
+  set(saved);
+  ApplyNumerics(Numerics::kFast, 0);
+  EXPECT_EQ(get(), saved);
+  at::set_num_threads(saved_aten);
+}
 
 }  // namespace
 }  // namespace lpdetr
